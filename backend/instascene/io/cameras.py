@@ -1,0 +1,112 @@
+"""The camera every stage uses: pinhole intrinsics and an OpenCV world-to-camera pose.
+
+Readers for COLMAP, cameras.json and transforms.json all produce `Camera`s; they
+convert axes and conventions once, at the file boundary (see formats.md §6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Camera:
+    name: str  # image stem, the key that links images, masks and cameras
+    width: int
+    height: int
+    K: np.ndarray  # [3, 3] float64 pixel intrinsics; pixel centres at (j + 0.5, i + 0.5)
+    world_to_camera: np.ndarray  # [4, 4] float64, OpenCV axes (x right, y down, z forward)
+    image_name: str | None = None  # file name in images/ when known (with extension)
+
+    @property
+    def fx(self) -> float:
+        return float(self.K[0, 0])
+
+    @property
+    def fy(self) -> float:
+        return float(self.K[1, 1])
+
+    @property
+    def cx(self) -> float:
+        return float(self.K[0, 2])
+
+    @property
+    def cy(self) -> float:
+        return float(self.K[1, 2])
+
+    @property
+    def camera_to_world(self) -> np.ndarray:
+        return np.linalg.inv(self.world_to_camera)
+
+    @property
+    def center(self) -> np.ndarray:
+        R, t = self.world_to_camera[:3, :3], self.world_to_camera[:3, 3]
+        return -R.T @ t
+
+    def resized(self, width: int, height: int) -> "Camera":
+        """The same camera at another resolution (intrinsics scaled per axis)."""
+        K = self.K.copy()
+        K[0] *= width / self.width
+        K[1] *= height / self.height
+        return Camera(self.name, int(width), int(height), K, self.world_to_camera.copy(), self.image_name)
+
+
+def intrinsics(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=np.float64)
+
+
+def pose_from_rotation_translation(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """4x4 world-to-camera matrix from X_cam = R X_world + t."""
+    M = np.eye(4)
+    M[:3, :3] = R
+    M[:3, 3] = t
+    return M
+
+
+def rotation_from_quaternion(q) -> np.ndarray:
+    """3x3 rotation from a Hamilton quaternion (w, x, y, z), scalar first as COLMAP stores it.
+
+    The quaternion is normalised first: files hold rounded values, and COLMAP itself
+    normalises on load.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    n = np.linalg.norm(q)
+    if not np.isfinite(n) or n < 1e-12:
+        raise ValueError(f"not a rotation quaternion: {q.tolist()}")
+    w, x, y, z = q / n
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def quaternion_from_rotation(R: np.ndarray) -> np.ndarray:
+    """Unit Hamilton quaternion (w, x, y, z) with w >= 0 for a 3x3 rotation.
+
+    Shepperd's method (branch on the largest of w, x, y, z) keeps full precision for
+    every rotation, so rotation -> quaternion -> rotation round-trips to ~1e-15.
+    """
+    R = np.asarray(R, dtype=np.float64)
+    tr = R[0, 0] + R[1, 1] + R[2, 2]
+    diag = (tr, R[0, 0], R[1, 1], R[2, 2])
+    k = int(np.argmax(diag))
+    if k == 0:
+        s = 2.0 * np.sqrt(max(1.0 + tr, 0.0))
+        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
+    elif k == 1:
+        s = 2.0 * np.sqrt(max(1.0 + R[0, 0] - R[1, 1] - R[2, 2], 0.0))
+        q = [(R[2, 1] - R[1, 2]) / s, 0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s]
+    elif k == 2:
+        s = 2.0 * np.sqrt(max(1.0 + R[1, 1] - R[0, 0] - R[2, 2], 0.0))
+        q = [(R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s]
+    else:
+        s = 2.0 * np.sqrt(max(1.0 + R[2, 2] - R[0, 0] - R[1, 1], 0.0))
+        q = [(R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s]
+    q = np.array(q)
+    q /= np.linalg.norm(q)
+    return -q if q[0] < 0 else q
