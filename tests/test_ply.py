@@ -218,7 +218,7 @@ def test_header_never_ends(tmp_path):
     p.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 1\nproperty float x\n")
     expect_error(p, "header never ends")
     p.write_bytes(b"ply\nformat binary_little_endian 1.0\n" + bytes(range(128, 256)) * 4)
-    expect_error(p, "header never ends")
+    expect_error(p, "never ends", "end_header")
 
 
 def test_compressed_supersplat_ply(tmp_path):
@@ -348,3 +348,8 @@ def test_overwrite_replaces_atomically(tmp_path):
     write_ply(path, new)
     assert_same(new, read_ply(path))
     assert leftovers(tmp_path) == ["scene.ply"]
+
+
+def test_huge_declared_count_is_truncation_not_memory_error(tmp_path):
+    p = raw_ply(tmp_path / "huge.ply", MIN_3DGS, np.ones((2, len(MIN_3DGS))), count=10**15)
+    expect_error(p, "truncated", "found 112")

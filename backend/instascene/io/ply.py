@@ -81,7 +81,8 @@ def _parse_header(f, path) -> tuple[str, list[tuple[str, int, list]]]:
         try:
             words = raw.decode("ascii").split()
         except UnicodeDecodeError:
-            raise InstaSceneError("PLY header never ends (binary data before any 'end_header' line)", path) from None
+            msg = "PLY header is corrupt or never ends (non-text bytes before any 'end_header' line)"
+            raise InstaSceneError(msg, path) from None
         if not words or words[0] in ("comment", "obj_info"):
             continue
         key = words[0]
@@ -116,9 +117,10 @@ def _check_gaussian_layout(elements, path) -> tuple[int, list]:
     if "chunk" in names or any(p[0].startswith("packed_") for p in vprops):
         raise InstaSceneError(
             "this looks like a compressed PlayCanvas/SuperSplat PLY ('chunk' element, packed_* properties); "
-            f"re-export it uncompressed (SuperSplat: 'Export > PLY', not 'Compressed PLY'). {_EXPECTED}", path)
+            f"decompress it first (re-export it as a plain, uncompressed PLY); {_EXPECTED}", path)
     if "vertex" not in names:
-        raise InstaSceneError(f"PLY has no 'vertex' element (elements: {', '.join(names) or 'none'}); {_EXPECTED}", path)
+        found = ", ".join(names) or "none"
+        raise InstaSceneError(f"PLY has no 'vertex' element (elements: {found}); {_EXPECTED}", path)
     if names[0] != "vertex":
         raise InstaSceneError(f"unexpected PLY element {names[0]!r} before 'vertex'; {_EXPECTED}", path)
     count, props = elements[0][1], elements[0][2]
@@ -156,13 +158,12 @@ def _rest_names(pnames, path) -> list[str]:
 def _read_records(f, fmt, count, dtype, path) -> np.ndarray:
     """The vertex records as a structured array (file byte order for binary)."""
     if fmt != "ascii":
-        want = count * dtype.itemsize
-        data = f.read(want)
-        if len(data) < want:
+        want, found = count * dtype.itemsize, os.fstat(f.fileno()).st_size - f.tell()
+        if found < want:  # checked before reading, so a bogus huge count allocates nothing
             raise InstaSceneError(
                 f"truncated PLY: {count} vertices x {dtype.itemsize} bytes = {want} bytes of data expected, "
-                f"found {len(data)}", path)
-        return np.frombuffer(data, dtype=dtype, count=count)
+                f"found {found}", path)
+        return np.frombuffer(f.read(want), dtype=dtype, count=count)
     try:
         text = f.read().decode("ascii")
     except UnicodeDecodeError:
@@ -219,7 +220,7 @@ def read_ply(path: str | os.PathLike) -> Splats:
     pnames = list(dtype.names)
     rest = _rest_names(pnames, path)
     scales = ["scale_0", "scale_1"] + (["scale_2"] if "scale_2" in pnames else [])
-    known = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", *rest, "opacity", *scales, "rot_0", "rot_1", "rot_2", "rot_3"}
+    known = {*_REQUIRED, *rest, *scales, *_NORMALS}  # everything else goes to `extra`
 
     def f32(names):  # [N, len(names)] native float32, C order
         return _block(rec, names).astype(np.float32)
@@ -232,7 +233,7 @@ def read_ply(path: str | os.PathLike) -> Splats:
         sh_dc=f32(["f_dc_0", "f_dc_1", "f_dc_2"]),
         # disk is channel-major: f_rest[c * (K-1) + (k-1)] -> sh_rest[:, k-1, c]
         sh_rest=_block(rec, rest).reshape(count, 3, len(rest) // 3).transpose(0, 2, 1).astype(np.float32, order="C"),
-        extra={n: rec[n].astype(rec.dtype[n].newbyteorder("=")) for n in pnames if n not in known and n not in _NORMALS},
+        extra={n: rec[n].astype(rec.dtype[n].newbyteorder("=")) for n in pnames if n not in known},
     )
     if count:  # (check_finite cannot reshape an empty array)
         splats.check_finite(path)
@@ -263,8 +264,8 @@ def _record_dtype(splats: Splats) -> np.dtype:
     fields = [(nm, "<f4") for nm in names]
     for nm, a in splats.extra.items():
         a = np.asarray(a)
-        if nm in names or _RESERVED_RE.match(nm) or not nm or any(c.isspace() for c in nm):
-            raise ValueError(f"extra property name {nm!r} is empty, has spaces or would read back as a known property")
+        if nm in names or _RESERVED_RE.match(nm) or not nm.isascii() or nm.split() != [nm]:
+            raise ValueError(f"extra property name {nm!r} is not one ASCII word or would read back as a known one")
         if a.shape != (n,) or a.dtype.str[1:] not in _NP_TO_PLY:
             raise ValueError(f"extra property {nm!r} has shape {a.shape} and dtype {a.dtype}; "
                              f"expected ({n},) of a PLY scalar type")
