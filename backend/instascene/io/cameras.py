@@ -110,3 +110,39 @@ def quaternion_from_rotation(R: np.ndarray) -> np.ndarray:
     q = np.array(q)
     q /= np.linalg.norm(q)
     return -q if q[0] < 0 else q
+
+
+def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """OpenCV world-to-camera matrix of a camera at `eye` looking at `target`, image
+    'up' (−y) towards `up`."""
+    eye, target, up = (np.asarray(a, dtype=np.float64) for a in (eye, target, up))
+    z = target - eye
+    z /= np.linalg.norm(z)
+    x = np.cross(z, up)
+    if np.linalg.norm(x) < 1e-9:  # looking along `up`: pick any perpendicular
+        x = np.cross(z, [1.0, 0.0, 0.0] if abs(z[0]) < 0.9 else [0.0, 1.0, 0.0])
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    R = np.stack([x, y, z])  # rows: camera axes in world
+    return pose_from_rotation_translation(R, -R @ eye)
+
+
+def ring_cameras(
+    center, radius: float, count: int, elevation_deg: float, width: int, height: int,
+    fov_deg: float = 45.0, up=(0.0, 0.0, 1.0), prefix: str = "ring",
+) -> list[Camera]:
+    """`count` cameras evenly spaced on a circle around `center` (about `up`), looking at it."""
+    center, up = np.asarray(center, dtype=np.float64), np.asarray(up, dtype=np.float64)
+    up = up / np.linalg.norm(up)
+    a = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
+    a /= np.linalg.norm(a)
+    b = np.cross(up, a)
+    el = np.deg2rad(elevation_deg)
+    f = 0.5 * width / np.tan(np.deg2rad(fov_deg) / 2)
+    K = intrinsics(f, f, width / 2, height / 2)
+    cams = []
+    for i in range(count):
+        az = 2 * np.pi * i / count
+        eye = center + radius * (np.cos(el) * (np.cos(az) * a + np.sin(az) * b) + np.sin(el) * up)
+        cams.append(Camera(f"{prefix}_{i:03d}", width, height, K.copy(), look_at(eye, center, up)))
+    return cams

@@ -235,8 +235,7 @@ def read_ply(path: str | os.PathLike) -> Splats:
         sh_rest=_block(rec, rest).reshape(count, 3, len(rest) // 3).transpose(0, 2, 1).astype(np.float32, order="C"),
         extra={n: rec[n].astype(rec.dtype[n].newbyteorder("=")) for n in pnames if n not in known},
     )
-    if count:  # (check_finite cannot reshape an empty array)
-        splats.check_finite(path)
+    splats.check_finite(path)
     return splats
 
 

@@ -108,7 +108,7 @@ class Splats:
         """Raise a clear error if any value is NaN or infinite."""
         for name in ("means", "quats", "log_scales", "opacity_logits", "sh_dc", "sh_rest"):
             a = getattr(self, name)
-            bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+            bad = ~np.isfinite(a).all(axis=tuple(range(1, a.ndim)))
             if bad.any():
                 raise InstaSceneError(
                     f"{int(bad.sum())} Gaussian(s) have NaN or infinite {name} "

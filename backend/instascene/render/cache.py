@@ -13,6 +13,8 @@ views a stage needs, or per chunk of views, to bound memory.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .rasterize import contributions
@@ -24,7 +26,9 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) -> t
     rows, cols, vals = rows[order], cols[order], vals[order]
     crow = torch.zeros(shape[0] + 1, dtype=torch.long, device=rows.device)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0)
-    return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
 
 
 class _SparseRender(torch.autograd.Function):

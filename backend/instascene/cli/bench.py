@@ -1,0 +1,108 @@
+"""`instascene bench raster`: speed of the rasterizer, printed as a table.
+
+Benchmarks, not tests: figures go to docs/benchmarks.md with the machine they ran on.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import torch
+
+from ..render import ContributionCache, Gaussians, View, rasterize, resolve_backend
+from ..render import gsplat_backend
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="speed benchmarks (raster)")
+    p.add_argument("what", choices=["raster"], help="which benchmark")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per row (median reported)")
+    p.add_argument("--gaussians", type=int, default=10_000, help="Gaussians for the CPU rows")
+    p.add_argument("--size", default="256x256", help="image size WxH for the CPU rows")
+    p.set_defaults(func=run)
+
+
+def synthetic_scene(n: int, width: int, height: int, device="cpu", seed: int = 0):
+    """Surfels filling a view with the overdraw of a real capture (≈ 20 splats per pixel).
+
+    Splat sizes scale with 1/√n so that total coverage stays similar whatever n is.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    depth = 4.0
+    f = 0.6 * width
+    half_w, half_h = 0.5 * width / f * depth, 0.5 * height / f * depth
+    means = (torch.rand(n, 3, generator=gen) * 2 - 1) * torch.tensor([half_w, half_h, 1.0])
+    means[:, 2] += depth
+    size = 2.2 * half_w / n**0.5
+    scales = size * (0.4 + torch.rand(n, 2, generator=gen))
+    g = Gaussians(
+        means=means,
+        quats=torch.randn(n, 4, generator=gen),
+        scales=scales,
+        opacities=0.2 + 0.75 * torch.rand(n, generator=gen),
+        sh=0.3 * torch.randn(n, 16, 3, generator=gen),
+    )
+    g = Gaussians(*(t.to(device) for t in (g.means, g.quats, g.scales, g.opacities, g.sh)))
+    K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]], device=device)
+    return g, View(torch.eye(4, device=device), K, width, height)
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def raster_rows(n: int, width: int, height: int, repeats: int):
+    rows = []
+    g, view = synthetic_scene(n, width, height)
+    with torch.no_grad():
+        t = _timed(lambda: rasterize(g, view, backend="torch"), repeats)
+    rows.append((f"torch forward RGB+depth+normals, {width}x{height}, {n} Gaussians", "cpu", t, 1.0))
+
+    cache = ContributionCache.build(g, [view], backend="torch")
+    F = torch.nn.functional.normalize(torch.randn(n, 16), dim=1).requires_grad_()
+    target = torch.randn(height, width, 16)
+
+    def fwd_bwd():
+        loss = (cache.render(0, F) * target).sum()
+        loss.backward()
+
+    t = _timed(fwd_bwd, max(repeats, 5))
+    rows.append((f"cached 16-D features fwd+bwd, {width}x{height} ({cache.nnz(0) / 1e6:.1f}M pairs)", "cpu", t, 0.05))
+
+    if resolve_backend("auto", "cuda" if torch.cuda.is_available() else "cpu") == "gsplat":
+        W, H, N = 1920, 1080, 1_000_000
+        g, view = synthetic_scene(N, W, H, device="cuda")
+        with torch.no_grad():
+            rows.append((f"gsplat fused RGB, {W}x{H}, {N} Gaussians", "cuda",
+                         _timed(lambda: gsplat_backend.rasterize_fused(g, view), repeats), None))
+            rows.append((f"gsplat search + shared compositing, {W}x{H}, {N}", "cuda",
+                         _timed(lambda: rasterize(g, view, backend="gsplat"), repeats), None))
+            rows.append((f"torch search + compositing, {W}x{H}, {N}", "cuda",
+                         _timed(lambda: rasterize(g, view, backend="torch"), repeats), None))
+    return rows
+
+
+def run(args) -> int:
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}, CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"
+          f" (gsplat: {gsplat_backend.why_unavailable()})")
+    rows = raster_rows(args.gaussians, width, height, args.repeats)
+    print(f"| {'benchmark':<62} | device | median s | target s |")
+    print(f"|{'-' * 64}|--------|----------|----------|")
+    for name, dev, t, target in rows:
+        tgt = f"{target:.3f}" if target else "-"
+        flag = "" if target is None or t <= target else "  (over target)"
+        print(f"| {name:<62} | {dev:<6} | {t:8.3f} | {tgt:>8} |{flag}")
+    return 0
