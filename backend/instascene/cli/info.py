@@ -93,9 +93,12 @@ def summarize(scene: Scene) -> dict:
         out["splats"] = None
     else:
         lo, hi = s.bounds()
+        # InstaScene's save_ply_as_3dgs writes 2DGS with a third scale ln(1e-6) (formats.md §1)
+        flattened = s.kind == "3dgs" and len(s) > 0 and bool(np.all(s.log_scales[:, 2] < np.log(1e-5)))
         out["splats"] = {
             "kind": s.kind,
             "layout": s.kind.upper(),  # '2DGS' or '3DGS'
+            "flattened_2dgs": flattened,
             "count": len(s),
             "sh_degree": s.sh_degree,
             "extra_properties": group_extras(list(s.extra)),
@@ -142,7 +145,8 @@ def format_summary(d: dict) -> str:
     else:
         if d["layout"] != "ply":
             lines.append(f"  splats:       {d['ply']}")
-        lines.append(f"  layout:       {s['layout']}")
+        flat = " (a flattened 2DGS export: third scale ~1e-6)" if s["flattened_2dgs"] else ""
+        lines.append(f"  layout:       {s['layout']}{flat}")
         lines.append(f"  gaussians:    {s['count']}")
         lines.append(f"  SH degree:    {s['sh_degree']}")
         extras = ", ".join(f"{k} ({n})" if n > 1 else k for k, n in s["extra_properties"].items())
@@ -159,7 +163,8 @@ def format_summary(d: dict) -> str:
             for r in c["resolutions"]
         )
         src = _SOURCE_NAMES.get(c["source"], c["source"])
-        lines.append(f"  cameras:      {c['count']} from {src} ({c['path']}), {res}")
+        where = f" ({c['path']})" if c["path"] and c["path"] != src else ""
+        lines.append(f"  cameras:      {c['count']} from {src}{where}, {res}")
     else:
         lines.append("  cameras:      none")
     im = d["images"]

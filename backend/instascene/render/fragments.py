@@ -56,9 +56,10 @@ def _segment_starts(pixel: torch.Tensor) -> torch.Tensor:
     """For pixel ids sorted ascending, the index of each pair's first pair in its pixel."""
     if pixel.numel() == 0:
         return pixel
-    _, counts = torch.unique_consecutive(pixel, return_counts=True)
-    first = torch.cumsum(counts, 0) - counts
-    return torch.repeat_interleave(first, counts)
+    first = torch.ones_like(pixel, dtype=torch.bool)
+    first[1:] = pixel[1:] != pixel[:-1]
+    pos = torch.arange(pixel.numel(), device=pixel.device)
+    return torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
 
 
 def _log_transmittance(log1m_alpha: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
@@ -67,27 +68,72 @@ def _log_transmittance(log1m_alpha: torch.Tensor, starts: torch.Tensor) -> torch
     return excl - excl[starts]
 
 
-def _candidates(proj: Projection, order: torch.Tensor, width: int, y0: int, y1: int):
-    """(pixel, gaussian, px, py) for every pixel centre of rows [y0, y1) inside the boxes
-    of Gaussians `order` (already in front-to-back order)."""
+def _expand(counts: torch.Tensor):
+    """For runs of lengths `counts`: (run index, offset within the run) of every element."""
+    run = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+    offset = torch.arange(run.numel(), device=counts.device) - (torch.cumsum(counts, 0) - counts)[run]
+    return run, offset
+
+
+def _candidates(proj: Projection, opacities: torch.Tensor, order: torch.Tensor, width: int, y0: int, y1: int):
+    """(pixel, gaussian, px, py) for the pixel centres of rows [y0, y1) in the boxes of
+    Gaussians `order` (front-to-back) where α ≥ 1/255 is possible at all.
+
+    Per box row, α ≥ 1/255 needs ρ3d ≤ 2 ln(255 o) — a conic in pixel space, since
+    (u, v) is a homography of the pixel — or ρ2d ≤ 2 ln(255 o) — a disc around μ2d.
+    Only the hull of the two x-intervals (widened by a margin) is enumerated; the
+    exact test is `evaluate`'s. This skips most of a tilted splat's box.
+    """
     mx, my = proj.means2d[order, 0], proj.means2d[order, 1]
     rx, ry = proj.radii[order, 0], proj.radii[order, 1]
-    # pixel j is evaluated when |j + 0.5 - μ| ≤ r
-    x0 = torch.ceil(mx - rx - 0.5).clamp_min(0).long()
-    x1 = torch.floor(mx + rx - 0.5).clamp_max(width - 1).long()
-    ya = torch.ceil(my - ry - 0.5).clamp_min(y0).long()
-    yb = torch.floor(my + ry - 0.5).clamp_max(y1 - 1).long()
-    w = (x1 - x0 + 1).clamp_min(0)
-    h = (yb - ya + 1).clamp_min(0)
-    n = w * h
-    keep = n > 0
-    order, x0, ya, w, n = order[keep], x0[keep], ya[keep], w[keep], n[keep]
-    gidx = torch.repeat_interleave(torch.arange(order.numel(), device=order.device), n)
-    local = torch.arange(gidx.numel(), device=order.device) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
-    wg = w[gidx]
-    xs = x0[gidx] + local % wg
-    ys = ya[gidx] + torch.div(local, wg, rounding_mode="floor")
-    return ys * width + xs, order[gidx], xs, ys
+    # pixel j is in the box when |j + 0.5 - μ| ≤ r
+    bx0 = torch.ceil(mx - rx - 0.5).clamp_min(0).long()
+    bx1 = torch.floor(mx + rx - 0.5).clamp_max(width - 1).long()
+    by0 = torch.ceil(my - ry - 0.5).clamp_min(y0).long()
+    by1 = torch.floor(my + ry - 0.5).clamp_max(y1 - 1).long()
+    span_g, dy = _expand((by1 - by0 + 1).clamp_min(0))  # one span per (Gaussian, box row)
+    row = by0[span_g] + dy
+
+    f64 = torch.float64
+    o = opacities[order].to(f64)[span_g]
+    reach = torch.log((255.0 * o).clamp_min(1e-30))  # α ≥ 1/255 ⇔ ρ ≤ 2·reach
+    py = row.to(f64) + 0.5
+    gs = order[span_g]
+    a = proj.A[gs].to(f64)  # c = x·A + (py·B + C) along the row
+    b = py[:, None] * proj.B[gs].to(f64) + proj.C[gs].to(f64)
+    r2 = 2.0 * reach
+    qa = a[:, 0] ** 2 + a[:, 1] ** 2 - r2 * a[:, 2] ** 2
+    qb = 2.0 * (a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1] - r2 * a[:, 2] * b[:, 2])
+    qc = b[:, 0] ** 2 + b[:, 1] ** 2 - r2 * b[:, 2] ** 2
+    disc = qb * qb - 4.0 * qa * qc
+    # a well-conditioned ellipse row; near-parabolic (edge-on) rows keep the whole box row
+    ellipse = qa > 1e-6 * (a[:, 0] ** 2 + a[:, 1] ** 2)
+    root = disc.clamp_min(0).sqrt()
+    safe_qa = torch.where(ellipse, qa, torch.ones_like(qa))
+    c_lo, c_hi = (-qb - root) / (2 * safe_qa), (-qb + root) / (2 * safe_qa)
+    c_empty = ellipse & (disc < 0)
+    inf = torch.full_like(qa, float("inf"))
+    c_lo = torch.where(c_empty, inf, torch.where(ellipse, c_lo, -inf))
+    c_hi = torch.where(c_empty, -inf, torch.where(ellipse, c_hi, inf))
+    # the low-pass disc: ρ2d = 2‖μ2d − p‖² ≤ 2·reach
+    dyy = py - my[span_g].to(f64)
+    rem = reach - dyy * dyy
+    half = rem.clamp_min(0).sqrt()
+    mxs = mx[span_g].to(f64)
+    d_lo = torch.where(rem >= 0, mxs - half, inf)
+    d_hi = torch.where(rem >= 0, mxs + half, -inf)
+    margin = 0.05 + 1e-4 * (mxs.abs() + 1)
+    lo = torch.minimum(c_lo, d_lo) - margin
+    hi = torch.maximum(c_hi, d_hi) + margin
+    # x range: pixel centres j + 0.5 in [lo, hi], inside the box
+    lo = torch.ceil(lo.clamp(-1.0, width + 1.0) - 0.5).long()
+    hi = torch.floor(hi.clamp(-2.0, width + 1.0) - 0.5).long()
+    x0 = torch.maximum(lo, bx0[span_g])
+    x1 = torch.minimum(hi, bx1[span_g])
+    span, dx = _expand((x1 - x0 + 1).clamp_min(0))
+    xs = x0[span] + dx
+    ys = row[span]
+    return ys * width + xs, gs[span], xs, ys
 
 
 def _box_pixel_counts(proj: Projection, idx: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -105,8 +151,8 @@ def row_bands(proj: Projection, width: int, height: int, max_candidates: int) ->
 
 
 def search_pairs(g: Gaussians, proj: Projection, width: int, y0: int, y1: int, chunk: int = 1 << 22):
-    """All (pixel, gaussian, α) of rows [y0, y1) with α ≥ 1/255, sorted by pixel and
-    front to back within a pixel (steps 1-3 of the module docstring; no gradient)."""
+    """All (pixel, gaussian, α, depth) of rows [y0, y1) with α ≥ 1/255, sorted by pixel
+    and front to back within a pixel (steps 1-3 of the module docstring; no gradient)."""
     device = g.means.device
     with torch.no_grad():
         table = pair_table(proj, g.opacities)
@@ -115,37 +161,49 @@ def search_pairs(g: Gaussians, proj: Projection, width: int, y0: int, y1: int, c
         idx = idx[torch.argsort(proj.depths[idx], stable=True)]
         # expand in Gaussian chunks so that candidates never exceed ~`chunk` at once
         cum = torch.cumsum(_box_pixel_counts(proj, idx, width, y1 - y0), 0)
-        parts = [(torch.zeros(0, dtype=torch.long, device=device),) * 2 + (table.new_zeros(0),)]
+        parts = [(torch.zeros(0, dtype=torch.long, device=device),) * 2 + (table.new_zeros(0),) * 2]
         start = 0
         while start < idx.numel():
             base = int(cum[start - 1]) if start else 0
             stop = max(start + 1, int(torch.searchsorted(cum, base + chunk, right=True)))
-            pix, gid, xs, ys = _candidates(proj, idx[start:stop], width, y0, y1)
-            alpha, _, valid = evaluate(table, xs.to(table.dtype) + 0.5, ys.to(table.dtype) + 0.5, gid, depth=False)
+            pix, gid, xs, ys = _candidates(proj, g.opacities, idx[start:stop], width, y0, y1)
+            alpha, depth, valid = evaluate(table, xs.to(table.dtype) + 0.5, ys.to(table.dtype) + 0.5, gid)
             keep = torch.nonzero(valid).squeeze(1)
-            parts.append((pix.index_select(0, keep), gid.index_select(0, keep), alpha.index_select(0, keep)))
+            parts.append(tuple(t.index_select(0, keep) for t in (pix, gid, alpha, depth)))
             start = stop
-        pix, gid, alpha = (torch.cat(p) for p in zip(*parts))
+        pix, gid, alpha, depth = (torch.cat(p) for p in zip(*parts))
         pix, perm = torch.sort(pix, stable=True)
-        return pix, gid.index_select(0, perm), alpha.index_select(0, perm)
+        return pix, gid.index_select(0, perm), alpha.index_select(0, perm), depth.index_select(0, perm)
 
 
 def composite_pairs(
-    g: Gaussians, proj: Projection, width: int, rows: tuple[int, int], pix: torch.Tensor, gid: torch.Tensor, alpha: torch.Tensor
+    g: Gaussians,
+    proj: Projection,
+    width: int,
+    rows: tuple[int, int],
+    pix: torch.Tensor,
+    gid: torch.Tensor,
+    alpha: torch.Tensor,
+    depth: torch.Tensor,
 ) -> Fragments:
-    """Cut each pixel's sorted pair list where T reaches 1e-4 (step 4), then evaluate the
-    kept pairs with gradients. `pix`, `gid`, `alpha` come from a search (torch or gsplat)."""
+    """Cut each pixel's sorted pair list where T reaches 1e-4 (step 4). The pairs come from
+    a search (torch or gsplat) with their α and depth; the cut only drops a tail of each
+    pixel's list, so the kept pairs' T is already known. Pairs are re-evaluated only when
+    a gradient must flow to the Gaussians.
+    """
     with torch.no_grad():
         log1m = torch.log1p(-alpha.double())
-        keep = _log_transmittance(log1m, _segment_starts(pix)) + log1m > LOG_T_STOP
-        keep = torch.nonzero(keep).squeeze(1)
-        pix, gid = pix.index_select(0, keep), gid.index_select(0, keep)
-    dtype = proj.M.dtype
-    xs = (pix % width).to(dtype) + 0.5
-    ys = torch.div(pix, width, rounding_mode="floor").to(dtype) + 0.5
-    alpha, depth, _ = evaluate(pair_table(proj, g.opacities), xs, ys, gid)
-    log1m = torch.log1p(-alpha.double())
-    logT = _log_transmittance(log1m, _segment_starts(pix))
+        logT = _log_transmittance(log1m, _segment_starts(pix))
+        keep = torch.nonzero(logT + log1m > LOG_T_STOP).squeeze(1)
+        pix, gid, alpha, depth, log1m, logT = (t.index_select(0, keep) for t in (pix, gid, alpha, depth, log1m, logT))
+    params = (g.means, g.quats, g.scales, g.opacities)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in params):
+        dtype = proj.M.dtype
+        xs = (pix % width).to(dtype) + 0.5
+        ys = torch.div(pix, width, rounding_mode="floor").to(dtype) + 0.5
+        alpha, depth, _ = evaluate(pair_table(proj, g.opacities), xs, ys, gid)
+        log1m = torch.log1p(-alpha.double())
+        logT = _log_transmittance(log1m, _segment_starts(pix))
     return Fragments(
         width=width,
         rows=rows,

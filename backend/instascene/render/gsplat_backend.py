@@ -48,7 +48,7 @@ def why_unavailable() -> str:
 
 
 def search_pairs(g, proj, view):
-    """(pixel, gaussian, α) with α ≥ 1/255, sorted by pixel then front to back;
+    """(pixel, gaussian, α, depth) with α ≥ 1/255, sorted by pixel then front to back;
     `proj` is our projection of `g` into `view`."""
     from gsplat import isect_offset_encode, isect_tiles, rasterize_to_indices_in_range_2dgs
 
@@ -74,11 +74,11 @@ def search_pairs(g, proj, view):
         px = (pix % W).to(proj.M.dtype) + 0.5
         py = torch.div(pix, W, rounding_mode="floor").to(proj.M.dtype) + 0.5
         d = (torch.stack([px, py], -1) - proj.means2d[gid]).abs()
-        alpha, _, valid = evaluate(pair_table(proj, g.opacities), px, py, gid, depth=False)
+        alpha, depth, valid = evaluate(pair_table(proj, g.opacities), px, py, gid)
         keep = (d <= proj.radii[gid]).all(-1) & valid
-        pix, gid, alpha = pix[keep], gid[keep], alpha[keep]
+        pix, gid, alpha, depth = pix[keep], gid[keep], alpha[keep], depth[keep]
         pix, perm = torch.sort(pix, stable=True)
-        return pix, gid[perm], alpha[perm]
+        return pix, gid[perm], alpha[perm], depth[perm]
 
 
 def rasterize_fused(g, view, *, features=None, sh_degree=None, background=None, near=0.01, far=1e10):

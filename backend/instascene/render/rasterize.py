@@ -10,6 +10,7 @@ ray-splat intersection, as 2DGS) and tracked contributions follow one definition
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -123,21 +124,46 @@ def rasterize(
     return out
 
 
+class _BlendSum(torch.autograd.Function):
+    """out[p] = Σ_pairs of p  w · values[gaussian]: a CSR sparse product forward (pairs are
+    already sorted by pixel, so the CSR is free to build), explicit gathers backward."""
+
+    @staticmethod
+    def forward(ctx, local, gid, w, values, n_pixels):
+        crow = torch.zeros(n_pixels + 1, dtype=torch.long, device=local.device)
+        crow[1:] = torch.cumsum(torch.bincount(local, minlength=n_pixels), 0)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            A = torch.sparse_csr_tensor(crow, gid, w, (n_pixels, values.shape[0]), check_invariants=False)
+        ctx.save_for_backward(local, gid, w, values)
+        return A @ values
+
+    @staticmethod
+    def backward(ctx, grad):
+        local, gid, w, values = ctx.saved_tensors
+        g_pair = grad.index_select(0, local)
+        grad_w = grad_values = None
+        if ctx.needs_input_grad[2]:
+            grad_w = (g_pair * values.index_select(0, gid)).sum(1)
+        if ctx.needs_input_grad[3]:
+            grad_values = torch.zeros_like(values).index_add_(0, gid, w[:, None] * g_pair)
+        return None, None, grad_w, grad_values, None
+
+
 def _composite(fr: Fragments, values: torch.Tensor):
     """Per-pixel sums over one band: Σ w·values, Σ w·z, Σ log(1-α), median depth."""
     y0, y1 = fr.rows
     n = (y1 - y0) * fr.width
     local = fr.pixel - y0 * fr.width
     w = fr.weight
-    acc = values.new_zeros(n, values.shape[1]).index_add(0, local, w[:, None] * values[fr.gaussian])
+    acc = _BlendSum.apply(local, fr.gaussian, w.to(values.dtype), values.contiguous(), n)
     depth_sum = w.new_zeros(n).index_add(0, local, w * fr.depth)
     log_t = fr.log_one_minus_alpha.new_zeros(n).index_add(0, local, fr.log_one_minus_alpha)
     # median: the last pair of each pixel whose T before it is still above 0.5
     with torch.no_grad():
-        sel = fr.transmittance > 0.5
-        pos = torch.arange(len(fr), device=local.device)
+        sel = torch.nonzero(fr.transmittance > 0.5).squeeze(1)
         last = torch.full((n,), -1, dtype=torch.long, device=local.device)
-        last = last.scatter_reduce(0, local[sel], pos[sel], reduce="amax")
+        last = last.scatter_reduce(0, local[sel], sel, reduce="amax")
     has = last >= 0
     median = torch.where(has, fr.depth[last.clamp_min(0)], torch.zeros_like(depth_sum)) if len(fr) else depth_sum
     return acc, depth_sum, log_t, median

@@ -155,7 +155,7 @@ def pair_table(proj: Projection, opacities: torch.Tensor) -> torch.Tensor:
     return torch.cat([proj.A, proj.B, proj.C, proj.means2d, opacities[:, None].to(proj.M), proj.M[:, 2]], dim=1)
 
 
-def evaluate(table: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gid: torch.Tensor, depth: bool = True):
+def evaluate(table: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gid: torch.Tensor):
     """α, intersection depth and validity of Gaussians `gid` at pixel centres (px, py);
     `table` comes from `pair_table`. Invalid pairs (ray parallel to the splat,
     α < 1/255) get α = 0, so callers may drop them or keep them harmlessly.
@@ -174,7 +174,5 @@ def evaluate(table: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gid: torch
     alpha = (t[:, 11] * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
     valid = nonzero & (sigma >= 0) & (alpha >= ALPHA_MIN)
     alpha = torch.where(valid, alpha, torch.zeros_like(alpha))
-    if not depth:
-        return alpha, None, valid
     z = torch.where(rho3d <= rho2d, u * t[:, 12] + v * t[:, 13] + t[:, 14], t[:, 14])
     return alpha, z, valid
