@@ -8,11 +8,6 @@ from __future__ import annotations
 import platform
 import time
 
-import torch
-
-from ..render import ContributionCache, Gaussians, View, rasterize, resolve_backend
-from ..render import gsplat_backend
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="speed benchmarks (raster)")
@@ -29,6 +24,9 @@ def synthetic_scene(n: int, width: int, height: int, device="cpu", seed: int = 0
 
     Splat sizes scale with 1/√n so that total coverage stays similar whatever n is.
     """
+    import torch
+
+    from ..render import Gaussians, View
     gen = torch.Generator().manual_seed(seed)
     depth = 4.0
     f = 0.6 * width
@@ -50,6 +48,8 @@ def synthetic_scene(n: int, width: int, height: int, device="cpu", seed: int = 0
 
 
 def _timed(fn, repeats: int) -> float:
+    import torch
+
     fn()  # warm-up
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -64,11 +64,27 @@ def _timed(fn, repeats: int) -> float:
 
 
 def raster_rows(n: int, width: int, height: int, repeats: int):
+    import torch
+
+    from ..render import ContributionCache, contributions, gsplat_backend, rasterize, resolve_backend
+
     rows = []
     g, view = synthetic_scene(n, width, height)
     with torch.no_grad():
         t = _timed(lambda: rasterize(g, view, backend="torch"), repeats)
     rows.append((f"torch forward RGB+depth+normals, {width}x{height}, {n} Gaussians", "cpu", t, 1.0))
+
+    params = [t.requires_grad_() for t in (g.means, g.quats, g.scales, g.opacities, g.sh)]
+
+    def full_fwd_bwd():
+        out = rasterize(g, view, backend="torch")
+        (out.rgb.sum() + out.depth.sum()).backward()
+
+    rows.append(("torch forward+backward, all splat parameters", "cpu", _timed(full_fwd_bwd, repeats), None))
+    for p in params:
+        p.requires_grad_(False)
+    rows.append(("tracked rasterization (T > 0.5 pairs)", "cpu",
+                 _timed(lambda: contributions(g, view, "transmittance", backend="torch"), repeats), None))
 
     cache = ContributionCache.build(g, [view], backend="torch")
     F = torch.nn.functional.normalize(torch.randn(n, 16), dim=1).requires_grad_()
@@ -95,6 +111,10 @@ def raster_rows(n: int, width: int, height: int, repeats: int):
 
 
 def run(args) -> int:
+    import torch
+
+    from ..render import gsplat_backend
+
     width, height = (int(v) for v in args.size.lower().split("x"))
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"

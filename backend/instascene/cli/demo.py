@@ -11,14 +11,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..errors import InstaSceneError
 from ..io.atomic import atomic_write
 from ..io.cameras import ring_cameras
 from ..io.ply import read_ply
-from ..render import Gaussians, View, rasterize
 
 DEFAULT_PLY = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "donut_3dgs.ply"
 
@@ -33,6 +31,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    import torch
+
+    from ..render import Gaussians, View, rasterize
+
     ply = Path(args.ply)
     if not ply.exists():
         raise InstaSceneError("demo splat file not found (pass --ply FILE)", ply)
