@@ -7,7 +7,8 @@ import torch
 
 from instascene.io.cameras import ring_cameras
 from instascene.io.ply import read_ply
-from instascene.io.splats import Splats, quat_to_rotmat, rotmat_to_quat
+from instascene.io.rotations import quat_to_rotmat, rotmat_to_quat
+from instascene.io.splats import Splats
 from instascene.render import Gaussians, View, contributions, rasterize
 
 

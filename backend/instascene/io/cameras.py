@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .rotations import quat_to_rotmat, rotmat_to_quat
+
 
 @dataclass
 class Camera:
@@ -66,50 +68,18 @@ def pose_from_rotation_translation(R: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def rotation_from_quaternion(q) -> np.ndarray:
-    """3x3 rotation from a Hamilton quaternion (w, x, y, z), scalar first as COLMAP stores it.
-
-    The quaternion is normalised first: files hold rounded values, and COLMAP itself
-    normalises on load.
-    """
+    """3x3 rotation from one Hamilton quaternion (w, x, y, z), as COLMAP stores it;
+    normalised first (files hold rounded values; COLMAP normalises on load too)."""
     q = np.asarray(q, dtype=np.float64)
     n = np.linalg.norm(q)
     if not np.isfinite(n) or n < 1e-12:
         raise ValueError(f"not a rotation quaternion: {q.tolist()}")
-    w, x, y, z = q / n
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+    return quat_to_rotmat(q[None])[0]
 
 
 def quaternion_from_rotation(R: np.ndarray) -> np.ndarray:
-    """Unit Hamilton quaternion (w, x, y, z) with w >= 0 for a 3x3 rotation.
-
-    Shepperd's method (branch on the largest of w, x, y, z) keeps full precision for
-    every rotation, so rotation -> quaternion -> rotation round-trips to ~1e-15.
-    """
-    R = np.asarray(R, dtype=np.float64)
-    tr = R[0, 0] + R[1, 1] + R[2, 2]
-    diag = (tr, R[0, 0], R[1, 1], R[2, 2])
-    k = int(np.argmax(diag))
-    if k == 0:
-        s = 2.0 * np.sqrt(max(1.0 + tr, 0.0))
-        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
-    elif k == 1:
-        s = 2.0 * np.sqrt(max(1.0 + R[0, 0] - R[1, 1] - R[2, 2], 0.0))
-        q = [(R[2, 1] - R[1, 2]) / s, 0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s]
-    elif k == 2:
-        s = 2.0 * np.sqrt(max(1.0 + R[1, 1] - R[0, 0] - R[2, 2], 0.0))
-        q = [(R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s]
-    else:
-        s = 2.0 * np.sqrt(max(1.0 + R[2, 2] - R[0, 0] - R[1, 1], 0.0))
-        q = [(R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s]
-    q = np.array(q)
-    q /= np.linalg.norm(q)
-    return -q if q[0] < 0 else q
+    """Unit Hamilton quaternion (w, x, y, z) with w >= 0 for one 3x3 rotation."""
+    return rotmat_to_quat(np.asarray(R, dtype=np.float64)[None])[0]
 
 
 def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
