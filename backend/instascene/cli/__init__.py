@@ -8,9 +8,9 @@ import argparse
 import sys
 
 from ..errors import InstaSceneError
-from . import bench, demo, info
+from . import bench, demo, eval, info, serve, synth
 
-COMMANDS = (info, bench, demo)
+COMMANDS = (info, synth, bench, demo, eval, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
