@@ -9,7 +9,8 @@ scenes) plus `gt/`:
   sam/mask/frame_NNNN.png  SAM-like noisy label maps (see sam_noise.py)
   gt/instances.json        per object: id, name, source mesh, watertight, unseen fraction, bbox, centroid
   gt/gaussian_instances.npy  int32 per Gaussian of point_cloud.ply, -1 = background (table)
-  gt/views/frame_NNNN.png  true instance map per view (0 = background, k + 1 = object k)
+  gt/views/frame_NNNN.png  instance map per view (0 = background, k + 1 = object k): the
+                           object whose surfel is in front at each pixel of the image
   gt/meshes/<k>.ply        complete object mesh, world coordinates, watertight
   gt/objects/<k>.ply       all surfels of object k, seen or not (extra property `seen`)
 
@@ -91,18 +92,10 @@ def generate_scene(out: str | os.PathLike, opts: SynthOptions, force: bool = Fal
     renderer = TrueRenderer(meshes)
     try:
         body_of_owner = np.array([renderer.table] + renderer.bodies)
-        object_of_body = {b: k + 1 for k, b in enumerate(renderer.bodies)}
-        lut = np.zeros(max(body_of_owner) + 2, np.int32)
-        for b, k in object_of_body.items():
-            lut[b + 1] = k
         seen = np.zeros(len(S), bool)
-        true_maps, depths = [], []
         bar = _progress("visibility", len(cams))
         for cam in cams:
-            tv = renderer.render(cam)
-            seen |= seen_by(cam, tv, S, body_of_owner)
-            true_maps.append(lut[tv.body + 1])
-            depths.append(tv.depth)
+            seen |= seen_by(cam, renderer.render(cam), S, body_of_owner)
             bar.update()
         bar.close()
     finally:
@@ -118,7 +111,7 @@ def generate_scene(out: str | os.PathLike, opts: SynthOptions, force: bool = Fal
     try:
         tmp.mkdir(parents=True)
         write_ply(tmp / "point_cloud.ply", splats)
-        _write_views(tmp, cams, splats)
+        true_maps, depths = _write_views(tmp, cams, splats, gaussian_instances)
         pts = visible.means[:: max(1, len(visible) // 5000)]
         cols = (visible.colors[:: max(1, len(visible) // 5000)] * 255).round().astype(np.uint8)
         write_colmap(tmp / "sparse" / "0", cams, binary=True, points=(pts, cols))
@@ -140,22 +133,34 @@ def generate_scene(out: str | os.PathLike, opts: SynthOptions, force: bool = Fal
     return {"gaussians": len(splats), "cameras": len(cams), **summary}
 
 
-def _write_views(root: Path, cams, splats) -> None:
+def _write_views(root: Path, cams, splats, gaussian_instances):
+    """Render every view from the splats: the image, and per pixel the instance of the
+    surfel where transmittance crosses 0.5 (the ground-truth map, consistent with the
+    image by construction) and the median depth (for SAM-like part splits)."""
     import torch
 
-    from ..render import Gaussians, View, rasterize
+    from ..render import Gaussians, View, contributions, rasterize
 
     g = Gaussians.from_splats(splats)
     bg = torch.tensor(BACKGROUND_RGB)
+    owner = torch.from_numpy(gaussian_instances).long() + 1  # 0 = background
+    maps, depths = [], []
     bar = _progress("images", len(cams))
     for cam in cams:
+        view = View.from_camera(cam)
         with torch.no_grad():
-            rgb = rasterize(g, View.from_camera(cam), background=bg).rgb
-        img = (rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+            out = rasterize(g, view, background=bg)
+            front = contributions(g, view, "crossing")
+        img = (out.rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
         with atomic_write(root / "images" / cam.image_name) as f:
             Image.fromarray(img).save(f, format="PNG")
+        labels = torch.zeros(cam.height * cam.width, dtype=torch.long)
+        labels[front.pixel] = owner[front.gaussian]
+        maps.append(labels.reshape(cam.height, cam.width).numpy().astype(np.int32))
+        depths.append(out.median_depth.numpy().astype(np.float64))
         bar.update()
     bar.close()
+    return maps, depths
 
 
 def _write_masks(root: Path, cams, true_maps, depths, objects, poses, noise: float, rng) -> None:

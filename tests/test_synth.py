@@ -1,0 +1,110 @@
+"""The built-in scene: deterministic, loadable, and its ground truth agrees with its splats."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from instascene.errors import InstaSceneError
+from instascene.io.masks import read_label_map
+from instascene.io.ply import read_ply
+from instascene.io.scene import load_scene
+from instascene.render import Gaussians, View, contributions, rasterize
+from instascene.synth.generate import BACKGROUND_RGB, SynthOptions, generate_scene
+
+SMALL = SynthOptions(seed=3, objects=3, views=6, width=96, height=72)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "scene"
+    generate_scene(out, SMALL)
+    return out
+
+
+def test_same_seed_same_scene(scene, tmp_path):
+    again = tmp_path / "again"
+    generate_scene(again, SMALL)
+    for rel in ("point_cloud.ply", "sparse/0/cameras.bin", "sparse/0/images.bin", "cameras.json",
+                "gt/gaussian_instances.npy", "gt/instances.json", "sam/mask/frame_0002.png", "gt/views/frame_0004.png",
+                "gt/meshes/1.ply", "gt/objects/2.ply"):
+        assert filecmp.cmp(scene / rel, again / rel, shallow=False), rel
+    a = np.asarray(__import__("PIL.Image").Image.open(scene / "images/frame_0001.png"), dtype=int)
+    b = np.asarray(__import__("PIL.Image").Image.open(again / "images/frame_0001.png"), dtype=int)
+    assert np.abs(a - b).max() <= 1
+
+
+def test_other_seed_other_scene(scene, tmp_path):
+    other = tmp_path / "other"
+    generate_scene(other, SynthOptions(**{**SMALL.__dict__, "seed": 4}))
+    assert not filecmp.cmp(scene / "point_cloud.ply", other / "point_cloud.ply", shallow=False)
+
+
+def test_folder_loads_through_the_scene_loader(scene):
+    s = load_scene(scene)
+    assert s.splats.kind == "2dgs" and len(s.cameras) == 6 and len(s.mask_paths) == 6 and s.has_gt
+    gt = np.load(scene / "gt/gaussian_instances.npy")
+    assert gt.shape == (len(s.splats),) and set(np.unique(gt)) == {-1, 0, 1, 2}
+    objects = json.loads((scene / "gt/instances.json").read_text())["objects"]
+    assert [o["id"] for o in objects] == [0, 1, 2] and all(o["watertight"] for o in objects)
+    assert all(0.0 <= o["unseen_fraction"] < 1.0 for o in objects)
+    # unseen surfels are missing from the reconstruction, present in the complete object
+    full = read_ply(scene / "gt/objects/0.ply")
+    assert (full.extra["seen"] == 0).any() and len(full) > objects[0]["observed_gaussians"]
+
+
+def test_images_are_renders_of_the_splats(scene):
+    s = load_scene(scene)
+    g = Gaussians.from_splats(s.splats)
+    cam = s.cameras[2]
+    with torch.no_grad():
+        rgb = rasterize(g, View.from_camera(cam), background=torch.tensor(BACKGROUND_RGB)).rgb
+    diff = np.abs(np.round(rgb.clamp(0, 1).numpy() * 255) - s.image(cam.name).astype(float))
+    assert diff.max() <= 1
+
+
+def test_ground_truth_maps_agree_with_visible_surfels(scene):
+    """Each object surfel that a view shows projects (centre, through the COLMAP camera)
+    onto its own instance in that view's ground-truth map."""
+    s = load_scene(scene)
+    g = Gaussians.from_splats(s.splats)
+    gt = np.load(scene / "gt/gaussian_instances.npy")
+    agree = total = 0
+    for cam in s.cameras:
+        shown = np.unique(contributions(g, View.from_camera(cam), "crossing").gaussian.numpy())
+        shown = shown[gt[shown] >= 0]
+        pc = s.splats.means[shown].astype(np.float64) @ cam.world_to_camera[:3, :3].T + cam.world_to_camera[:3, 3]
+        u = np.floor(cam.fx * pc[:, 0] / pc[:, 2] + cam.cx).astype(int)
+        v = np.floor(cam.fy * pc[:, 1] / pc[:, 2] + cam.cy).astype(int)
+        inside = (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+        truth = read_label_map(scene / "gt/views" / f"{cam.name}.png")
+        agree += int((truth[v[inside], u[inside]] == gt[shown[inside]] + 1).sum())
+        total += int(inside.sum())
+    assert total > 1000 and agree / total >= 0.95
+
+
+def test_masks_are_noisy_but_cover_the_objects(scene):
+    truth = read_label_map(scene / "gt/views/frame_0000.png")
+    sam = read_label_map(scene / "sam/mask/frame_0000.png")
+    assert sam.shape == truth.shape and sam.max() >= 2
+    assert not np.array_equal(sam > 0, truth > 0)  # background masks exist
+
+
+def test_zero_noise_masks_follow_the_truth(tmp_path):
+    out = tmp_path / "clean"
+    generate_scene(out, SynthOptions(seed=5, objects=2, views=3, width=64, height=48, mask_noise=0.0))
+    for name in ("frame_0000", "frame_0001", "frame_0002"):
+        truth = read_label_map(out / "gt/views" / f"{name}.png")
+        sam = read_label_map(out / "sam/mask" / f"{name}.png")
+        for k in np.unique(truth[truth > 0]):  # every object is exactly one mask
+            ids = np.unique(sam[truth == k])
+            assert len(ids) == 1 and ((sam == ids[0]) == (truth == k)).all()
+
+
+def test_refuses_to_overwrite(scene):
+    with pytest.raises(InstaSceneError, match="--force"):
+        generate_scene(scene, SMALL)
