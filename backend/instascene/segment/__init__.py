@@ -1,0 +1,1 @@
+"""Instance segmentation: tracker, view consensus, feature field, instances (method.md)."""
