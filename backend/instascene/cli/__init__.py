@@ -8,9 +8,9 @@ import argparse
 import sys
 
 from ..errors import InstaSceneError
-from . import bench, demo, eval, info, serve, synth
+from . import bench, demo, eval, info, segment, serve, synth
 
-COMMANDS = (info, synth, bench, demo, eval, serve)
+COMMANDS = (info, synth, segment, eval, serve, bench, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

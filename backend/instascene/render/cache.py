@@ -53,14 +53,17 @@ class ContributionCache:
     @classmethod
     def build(cls, g: Gaussians, views: list[View], **raster_kwargs) -> "ContributionCache":
         """Rasterize each view once (all composited pairs) and keep its weights."""
-        N = len(g)
+        return cls.from_contributions(views, [contributions(g, v, criterion=None, **raster_kwargs) for v in views])
+
+    @classmethod
+    def from_contributions(cls, views: list[View], contribs) -> "ContributionCache":
+        """From each view's `Contributions` with every composited pair (criterion None)."""
         mats = []
-        for v in views:
-            c = contributions(g, v, criterion=None, **raster_kwargs)
-            w = c.weight.to(g.means.dtype)
-            shape = (v.width * v.height, N)
+        for v, c in zip(views, contribs):
+            w = c.weight.float()
+            shape = (v.width * v.height, c.n_gaussians)
             mats.append((_csr(c.pixel, c.gaussian, w, shape), _csr(c.gaussian, c.pixel, w, shape[::-1])))
-        return cls(views, mats, N)
+        return cls(views, mats, contribs[0].n_gaussians if contribs else 0)
 
     def __len__(self) -> int:
         return len(self.views)

@@ -1,9 +1,11 @@
 """Spatial Gaussian tracker: each 2D mask → the Gaussians that render it (method.md §1).
 
 For every view, tracked rasterization gives the front-surface (pixel, Gaussian) pairs;
-a label map then gives every mask's Gaussian set in one vectorised pass. Everything is
-kept as sparse matrices over a global mask index (frame, label) — never a dense
-Gaussians × masks array:
+a label map then gives every mask's Gaussian set in one vectorised pass. A Gaussian
+whose pixels straddle a mask boundary belongs to the mask holding most of its pixels
+(the official code keeps whichever mask was written last), so within one frame every
+Gaussian is in at most one mask. Everything is kept as sparse matrices over a global
+mask index (frame, label) — never a dense Gaussians × masks array:
 
   A  [M, N]  mask m contains Gaussian g (masks with too few Gaussians dropped)
   U  [F, N]  Gaussian g lies in some kept mask of frame f
@@ -44,33 +46,34 @@ def _bool_csr(rows, cols, shape) -> sp.csr_matrix:
     return m
 
 
-def track_masks(g, views, label_maps, criterion: str = "transmittance", min_gaussians: int = 50,
-                backend: str = "auto", progress=None) -> MaskTracks:
-    """Tracked rasterization of every view and the Gaussian set of every mask.
+def track_masks(contribs, names, label_maps, criterion: str = "transmittance", min_gaussians: int = 50) -> MaskTracks:
+    """The Gaussian set of every mask, from each view's composited pairs.
 
-    `views`: list of (name, render.View); `label_maps`: matching [H, W] int arrays
-    (0 = no mask) or None for a view without masks. Masks with fewer than
-    `min_gaussians` distinct Gaussians are dropped (method.md: 50).
+    `contribs`: per view, `render.Contributions` with every composited pair (criterion
+    None), so that the same rasterization also feeds the feature cache; `label_maps`:
+    matching [H, W] int arrays (0 = no mask) or None for a view without masks. Pairs are
+    selected with `criterion`; masks with fewer than `min_gaussians` distinct Gaussians
+    are dropped (method.md: 50).
     """
-    import torch
-
-    from ..render import contributions
-
-    N = len(g)
+    N = contribs[0].n_gaussians if contribs else 0
     m_rows, m_cols, frame_of, label_of, pixels = [], [], [], [], []
     w_rows, w_cols = [], []
     next_mask = 0
-    for f, ((name, view), labels) in enumerate(zip(views, label_maps)):
-        c = contributions(g, view, criterion, backend=backend)
-        vis = torch.unique(c.gaussian).cpu().numpy()
+    for f, (c_all, labels) in enumerate(zip(contribs, label_maps)):
+        c = c_all.select(criterion)
+        vis = np.unique(c.gaussian.cpu().numpy())
         w_rows.append(np.full(len(vis), f))
         w_cols.append(vis)
         if labels is not None:
             sets = c.mask_gaussians(labels)
             lab = sets.label.cpu().numpy()
             gid = sets.gaussian.cpu().numpy()
+            order = np.lexsort((-sets.pixels.cpu().numpy(), gid))  # per Gaussian, most pixels first
+            first = np.ones(len(order), bool)
+            first[1:] = gid[order][1:] != gid[order][:-1]
+            lab, gid = lab[order][first], gid[order][first]
             if len(lab):
-                ids, start, count = np.unique(lab, return_index=True, return_counts=True)
+                ids, count = np.unique(lab, return_counts=True)
                 keep = count >= min_gaussians
                 px = np.bincount(np.asarray(labels).reshape(-1), minlength=int(ids.max()) + 1)
                 new_index = np.full(int(ids.max()) + 1, -1)
@@ -82,13 +85,11 @@ def track_masks(g, views, label_maps, criterion: str = "transmittance", min_gaus
                 label_of.append(ids[keep])
                 pixels.append(px[ids[keep]])
                 next_mask += int(keep.sum())
-        if progress:
-            progress(f + 1, len(views))
-    F, M = len(views), next_mask
+    F, M = len(contribs), next_mask
     cat = lambda parts, dtype=np.int64: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
     A = _bool_csr(cat(m_rows), cat(m_cols), (M, N))
     frame_of_a = cat(frame_of)
     U = (sp.csr_matrix((np.ones(M, np.float32), (frame_of_a, np.arange(M))), shape=(F, M)) @ A).tocsr()
     U.data[:] = 1.0
     W = _bool_csr(cat(w_rows), cat(w_cols), (F, N))
-    return MaskTracks(N, [n for n, _ in views], frame_of_a, cat(label_of), A, U, W, cat(pixels))
+    return MaskTracks(N, list(names), frame_of_a, cat(label_of), A, U, W, cat(pixels))

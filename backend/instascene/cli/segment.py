@@ -1,0 +1,48 @@
+"""`instascene segment SCENE --out RUN`: split a 2DGS scene into object instances."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("segment", help="segment a scene into instances (writes a run folder)")
+    p.add_argument("scene", help="scene folder (point_cloud.ply, images/, sparse/0/, sam/mask/)")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--iterations", type=int, default=None, help="feature-field steps (default 3000)")
+    p.add_argument("--criterion", choices=["transmittance", "crossing", "weight"], default=None,
+                   help="which Gaussians a pixel tracks (default: transmittance > 0.5)")
+    p.add_argument("--threshold", type=float, default=None, help="feature match threshold (default 0.9)")
+    p.set_defaults(func=run)
+
+
+def params_from(options: dict):
+    """SegmentParams from CLI / service options (unknown keys are an error)."""
+    from ..errors import InstaSceneError
+    from ..segment.pipeline import SegmentParams
+
+    p = SegmentParams()
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key == "iterations":
+            p.features.iterations = int(value)
+        elif key == "criterion":
+            p.criterion = str(value)
+        elif key == "threshold":
+            p.instances.threshold = float(value)
+        elif key == "min_gaussians":
+            p.min_gaussians = int(value)
+        else:
+            raise InstaSceneError(f"unknown segmentation option {key!r}")
+    return p
+
+
+def run(args) -> int:
+    import json
+
+    from ..segment.pipeline import segment_scene
+
+    params = params_from({"iterations": args.iterations, "criterion": args.criterion, "threshold": args.threshold})
+    summary = segment_scene(args.scene, args.out, params, device=args.device)
+    print(json.dumps(summary, indent=2))
+    return 0

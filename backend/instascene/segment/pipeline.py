@@ -1,0 +1,190 @@
+"""`instascene segment SCENE --out RUN`: the whole segmentation, stage by stage.
+
+  1. rasterize every view once: all composited pairs (tracked sets and feature cache)
+  2. tracker: each mask's Gaussians               (tracker.py)
+  3. view consensus, clustering, post-processing  (consensus.py, postprocess.py)
+  4. contrastive feature field                    (features.py)
+  5. instances, background                         (instances.py)
+  6. the run folder (contracts.md), every file whole or not at all
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InstaSceneError
+from ..io.atomic import atomic_write
+from ..io.ply import write_ply
+from ..io.scene import load_scene
+from .consensus import ConsensusParams, cluster_masks, view_consensus
+from .features import FeatureParams, train_features
+from .instances import InstanceParams, assign_instances, background_instances
+from .postprocess import PostParams, coarse_instances, consistent_label_maps, scene_eps
+from .tracker import track_masks
+
+
+@dataclass
+class SegmentParams:
+    criterion: str = "transmittance"
+    min_gaussians: int = 50
+    consensus: ConsensusParams = field(default_factory=ConsensusParams)
+    post: PostParams = field(default_factory=PostParams)
+    features: FeatureParams = field(default_factory=FeatureParams)
+    instances: InstanceParams = field(default_factory=InstanceParams)
+
+
+class Stages:
+    """Progress per stage: a tqdm bar on the terminal, and an optional callback
+    `report(fraction, stage, message)` (the service's, which may raise to cancel)."""
+
+    WEIGHTS = {"rasterize": 0.35, "track": 0.05, "associate": 0.05, "features": 0.5, "write": 0.05}
+
+    def __init__(self, report=None, quiet: bool = False):
+        self.report, self.quiet = report, quiet
+        self.done = 0.0
+        self.times: dict[str, float] = {}
+        self._bar = None
+
+    def start(self, stage: str, total: int | None = None):
+        from tqdm import tqdm
+
+        self.stage, self._t0 = stage, time.perf_counter()
+        self._bar = tqdm(total=total, desc=f"segment: {stage}", leave=False, disable=self.quiet or None)
+        self.update(0, total or 1)
+
+    def update(self, i: int, n: int, message: str = ""):
+        if self._bar is not None and i:
+            self._bar.n = i
+            self._bar.refresh()
+        if self.report:
+            self.report(self.done + self.WEIGHTS[self.stage] * i / max(n, 1), self.stage, message)
+
+    def end(self):
+        if self._bar is not None:
+            self._bar.close()
+        self.times[self.stage] = round(time.perf_counter() - self._t0, 2)
+        self.done += self.WEIGHTS[self.stage]
+
+
+def segment_scene(scene_path, run_dir, params: SegmentParams = SegmentParams(), device: str = "auto",
+                  report=None, quiet: bool = False) -> dict:
+    import torch
+
+    from ..render import ContributionCache, Gaussians, View, contributions
+
+    run = Path(run_dir)
+    scene = load_scene(scene_path)
+    splats = scene.require_splats()
+    cams = scene.require_cameras()
+    label_maps = [scene.mask(c.name) for c in cams]
+    if all(m is None for m in label_maps):
+        raise InstaSceneError("no 2D masks: put label maps in sam/mask/<image>.png (see README, 'masks')", scene.root)
+    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise InstaSceneError("--device cuda requested but CUDA is not available")
+    st = Stages(report, quiet)
+    g = Gaussians.from_splats(splats, device=dev)
+    views = [View.from_camera(c, device=dev) for c in cams]
+
+    st.start("rasterize", len(views))
+    contribs = []
+    for i, v in enumerate(views):
+        contribs.append(contributions(g, v, None))
+        st.update(i + 1, len(views), cams[i].name)
+    st.end()
+
+    st.start("track")
+    tracks = track_masks(contribs, [c.name for c in cams], label_maps, params.criterion, params.min_gaussians)
+    st.end()
+
+    st.start("associate")
+    means = splats.means.astype(np.float64)
+    cons = view_consensus(tracks, params.consensus)
+    nodes = cluster_masks(tracks, cons, params.consensus)
+    coarse = coarse_instances(nodes, tracks, cons, means, params.post)
+    eps = params.post.dbscan_eps or scene_eps(means, params.post.dbscan_spacing_factor)
+    is_bg = background_instances(coarse, means, eps / 2, params.instances)
+    consistent = consistent_label_maps(coarse, tracks, label_maps)
+    filtered = _filter_undersegmented(label_maps, tracks, cons.undersegmented)
+    coarse_labels = np.full(len(splats), -1)
+    for i in np.argsort([-len(c.gaussians) for c in coarse]):
+        coarse_labels[coarse[i].gaussians] = i
+    st.end()
+
+    st.start("features", params.features.iterations)
+    cache = ContributionCache.from_contributions(views, contribs)
+    visible = [np.asarray(tracks.W[f].indices) for f in range(len(views))]
+    del contribs
+    feats = train_features(cache, filtered, consistent, coarse_labels, visible, params.features,
+                           progress=lambda i, n, loss: st.update(i, n, f"loss {loss:.3f}"))
+    del cache
+    labels = assign_instances(feats.cpu(), coarse, is_bg, means, params.instances)
+    st.end()
+
+    st.start("write")
+    summary = write_run(run, scene, splats, labels, feats.cpu().numpy(), params, tracks, coarse, is_bg)
+    st.end()
+    summary["timing_s"] = st.times
+    _write_json(run / "segment.json", summary)
+    return summary
+
+
+def _filter_undersegmented(label_maps, tracks, under):
+    """The raw masks with under-segmented ones set to 0 (the official `mask_filtered`)."""
+    out = []
+    for f, labels in enumerate(label_maps):
+        if labels is None:
+            out.append(None)
+            continue
+        bad = tracks.label_of[(tracks.frame_of == f) & under]
+        out.append(np.where(np.isin(labels, bad), 0, labels))
+    return out
+
+
+def _write_json(path: Path, data) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(data, f, indent=2)
+
+
+def write_run(run: Path, scene, splats, labels: np.ndarray, features: np.ndarray, params, tracks, coarse, is_bg) -> dict:
+    """labels.npy, features.npy, instances.json, instances/<id>/observed.ply, background.ply."""
+    run.mkdir(parents=True, exist_ok=True)
+    with atomic_write(run / "labels.npy") as f:
+        np.save(f, labels.astype(np.int32))
+    with atomic_write(run / "features.npy") as f:
+        np.save(f, features.astype(np.float32))
+    records = []
+    for k in range(int(labels.max()) + 1 if len(labels) else 0):
+        idx = np.flatnonzero(labels == k)
+        if len(idx) == 0:
+            continue
+        pts = splats.means[idx].astype(np.float64)
+        write_ply(run / "instances" / str(k) / "observed.ply", splats.subset(idx).to_2dgs())
+        records.append({
+            "id": k,
+            "gaussians": int(len(idx)),
+            "bbox_min": pts.min(0).round(6).tolist(),
+            "bbox_max": pts.max(0).round(6).tolist(),
+            "centroid": pts.mean(0).round(6).tolist(),
+            "files": {"observed": f"instances/{k}/observed.ply"},
+            "status": "observed",
+        })
+    bg = np.flatnonzero(labels < 0)
+    write_ply(run / "background.ply", splats.subset(bg).to_2dgs())
+    doc = {
+        "scene": str(Path(scene.root).resolve()),
+        "gaussians": int(len(labels)),
+        "background": {"gaussians": int(len(bg)), "file": "background.ply"},
+        "instances": records,
+        "masks": {"total": int(tracks.n_masks), "coarse_instances": len(coarse),
+                  "background_instances": int(np.sum(is_bg))},
+        "params": asdict(params),
+    }
+    _write_json(run / "instances.json", doc)
+    return {"instances": len(records), "background_gaussians": int(len(bg)), "masks": int(tracks.n_masks),
+            "coarse_instances": len(coarse)}
