@@ -8,9 +8,9 @@ def add_parser(sub) -> None:
     p.add_argument("scene", help="scene folder (point_cloud.ply, images/, sparse/0/, sam/mask/)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--iterations", type=int, default=None, help="feature-field steps (default 3000)")
+    p.add_argument("--iterations", type=int, default=None, help="feature-field steps (default 1000)")
     p.add_argument("--criterion", choices=["transmittance", "crossing", "weight"], default=None,
-                   help="which Gaussians a pixel tracks (default: transmittance > 0.5)")
+                   help="pairs that make a mask's Gaussian set for association (default: crossing)")
     p.add_argument("--threshold", type=float, default=None, help="feature match threshold (default 0.9)")
     p.set_defaults(func=run)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 @dataclass
 class FeatureParams:
     dim: int = 16
-    iterations: int = 3000
+    iterations: int = 1000
     lr: float = 0.025
     samples: int = 32 * 1024
     cross_every: int = 10
@@ -110,5 +110,5 @@ def train_features(cache, labels_2d, labels_consistent, gaussian_labels: np.ndar
         loss.backward()
         opt.step()
         if progress and (it + 1) % 50 == 0:
-            progress(it + 1, p.iterations, float(loss))
+            progress(it + 1, p.iterations, float(loss.detach()))
     return F.normalize(feats.detach(), dim=1)

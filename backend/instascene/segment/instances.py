@@ -2,9 +2,10 @@
 
 Per coarse instance, the mean of its Gaussians' unit features is its prototype; a
 Gaussian joins the instance whose prototype it matches best, if the cosine is at
-least `threshold` (0.9, the official export). A Gaussian that matches nothing but sits
-among an instance's Gaussians (majority of its spatial neighbours) and still agrees
-with it (cosine ≥ `fill_threshold`) joins too — inner layers that no mask ever showed.
+least `threshold` (0.9, the official export). Below that, a Gaussian keeps its coarse
+(voted) instance if its feature still agrees with it (cosine ≥ `fill_threshold`), and a
+Gaussian with no coarse label that sits among an instance's Gaussians (majority of its
+spatial neighbours) and agrees with it joins too.
 Everything else is background. Background instances (the table, floor, walls) are
 found geometrically: most of their Gaussians lie on the scene's dominant plane, or
 they span a large part of the scene.
@@ -22,7 +23,7 @@ from scipy.spatial import cKDTree
 @dataclass
 class InstanceParams:
     threshold: float = 0.9
-    fill_threshold: float = 0.6
+    fill_threshold: float = 0.5
     fill_neighbours: int = 8
     plane_fraction: float = 0.5  # instance is background if this share lies on the dominant plane
     max_extent_fraction: float = 0.6  # ... or its box spans this share of the scene's
@@ -59,29 +60,37 @@ def background_instances(instances, means: np.ndarray, tol: float, p: InstancePa
     return np.array(out)
 
 
-def assign_instances(features: torch.Tensor, instances, is_background: np.ndarray, means: np.ndarray,
-                     p: InstanceParams) -> np.ndarray:
-    """Label per Gaussian: index of its object instance (background instances excluded,
-    objects renumbered 0..K-1 in the order given), -1 for background."""
+def assign_instances(features: torch.Tensor, coarse_labels: np.ndarray, is_background: np.ndarray,
+                     means: np.ndarray, p: InstanceParams) -> np.ndarray:
+    """Label per Gaussian: its object instance (background instances excluded, objects
+    renumbered 0..K-1 in coarse order), -1 for background.
+
+    `coarse_labels`: the dense coarse instance of each Gaussian (-1 = none), which also
+    defines each instance's prototype (mean unit feature)."""
     N = features.shape[0]
-    objects = [i for i in range(len(instances)) if not is_background[i]]
+    n_coarse = len(is_background)
+    objects = [i for i in range(n_coarse) if not is_background[i] and (coarse_labels == i).any()]
     labels = np.full(N, -1, np.int64)
     if not objects:
         return labels
-    protos = torch.stack([features[torch.from_numpy(instances[i].gaussians)].mean(0) for i in range(len(instances))])
-    score = features @ protos.T  # [N, I]: instances, not masks — small
+    lab_t = torch.from_numpy(np.maximum(coarse_labels, 0))
+    has = torch.from_numpy(coarse_labels >= 0)
+    sums = torch.zeros(n_coarse, features.shape[1]).index_add_(0, lab_t[has], features[has])
+    counts = torch.bincount(lab_t[has], minlength=n_coarse).clamp_min(1)
+    protos = sums / counts[:, None]
+    score = features @ protos.T  # [N, instances]: small
     best = score.argmax(1).numpy()
     best_score = score.max(1).values.numpy()
-    obj_index = np.full(len(instances), -1)
+    obj_index = np.full(n_coarse, -1)
     obj_index[objects] = np.arange(len(objects))
     chosen = best_score >= p.threshold
     labels[chosen] = obj_index[best[chosen]]
-    # an instance whose prototype selects nothing falls back to its coarse Gaussians
-    for k, i in enumerate(objects):
-        if not (labels == k).any():
-            labels[instances[i].gaussians] = k
+    # where the features are unsure, the coarse label stands if the features agree enough
+    own = np.take_along_axis(score.numpy(), np.maximum(coarse_labels, 0)[:, None], 1)[:, 0]
+    fallback = ~chosen & (coarse_labels >= 0) & (own >= p.fill_threshold)
+    labels[fallback] = obj_index[coarse_labels[fallback]]
     # fill: unlabelled Gaussians surrounded by one instance and agreeing with it
-    todo = np.flatnonzero((labels < 0) & (obj_index[best] >= 0) & (best_score >= p.fill_threshold))
+    todo = np.flatnonzero((labels < 0) & (coarse_labels < 0) & (obj_index[best] >= 0) & (best_score >= p.fill_threshold))
     if len(todo):
         tree = cKDTree(means)
         _, nb = tree.query(means[todo], k=p.fill_neighbours + 1)

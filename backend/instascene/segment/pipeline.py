@@ -24,13 +24,14 @@ from ..io.scene import load_scene
 from .consensus import ConsensusParams, cluster_masks, view_consensus
 from .features import FeatureParams, train_features
 from .instances import InstanceParams, assign_instances, background_instances
-from .postprocess import PostParams, coarse_instances, consistent_label_maps, scene_eps
+from .postprocess import PostParams, coarse_instances, consistent_label_maps, scene_eps, vote_labels
 from .tracker import track_masks
 
 
 @dataclass
 class SegmentParams:
-    criterion: str = "transmittance"
+    criterion: str = "crossing"  # association: which pairs make a mask's Gaussian set
+    vote_criterion: str = "transmittance"  # dense coarse labels from the consistent masks
     min_gaussians: int = 50
     consensus: ConsensusParams = field(default_factory=ConsensusParams)
     post: PostParams = field(default_factory=PostParams)
@@ -111,9 +112,7 @@ def segment_scene(scene_path, run_dir, params: SegmentParams = SegmentParams(), 
     is_bg = background_instances(coarse, means, eps / 2, params.instances)
     consistent = consistent_label_maps(coarse, tracks, label_maps)
     filtered = _filter_undersegmented(label_maps, tracks, cons.undersegmented)
-    coarse_labels = np.full(len(splats), -1)
-    for i in np.argsort([-len(c.gaussians) for c in coarse]):
-        coarse_labels[coarse[i].gaussians] = i
+    coarse_labels = vote_labels(contribs, consistent, len(coarse), params.vote_criterion)
     st.end()
 
     st.start("features", params.features.iterations)
@@ -123,7 +122,7 @@ def segment_scene(scene_path, run_dir, params: SegmentParams = SegmentParams(), 
     feats = train_features(cache, filtered, consistent, coarse_labels, visible, params.features,
                            progress=lambda i, n, loss: st.update(i, n, f"loss {loss:.3f}"))
     del cache
-    labels = assign_instances(feats.cpu(), coarse, is_bg, means, params.instances)
+    labels = assign_instances(feats.cpu(), coarse_labels, is_bg, means, params.instances)
     st.end()
 
     st.start("write")

@@ -1,0 +1,460 @@
+"""The backend service (`instascene serve`) against a real uvicorn server in a subprocess.
+
+Job lifecycle (validate, render), cancel, two clients at once, restart during a job,
+tokens, path escapes, a malformed PLY, size limits, the 501 kinds, OpenAPI, files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from instascene.io.cameras import ring_cameras
+from instascene.io.colmap import write_colmap
+from instascene.io.ply import write_ply
+from instascene.service import jobs
+from instascene.service.store import INTERRUPTED_QUEUED, INTERRUPTED_RUNNING
+from test_scene import instascene_folder, make_splats
+
+BACKEND = Path(__file__).resolve().parents[1] / "backend"
+MAX_UPLOAD = 100 * 1024
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def ring_scene(root: Path, views: int, size: int = 64, n: int = 2000, seed: int = 0) -> Path:
+    """point_cloud.ply + sparse/0 (no images): `views` cameras on a ring around a blob of splats."""
+    s = make_splats(n, seed=seed, segfeat=False)
+    s.means *= 0.5
+    s.log_scales[:] = np.log(0.05)
+    write_ply(root / "point_cloud.ply", s)
+    write_colmap(root / "sparse" / "0", ring_cameras([0, 0, 0], 4.0, views, 20.0, size, size, fov_deg=50))
+    return root
+
+
+class Server:
+    """`instascene serve` on a free loopback port (--port 0; the port is read from its first line)."""
+
+    def __init__(self, base: Path, data: Path, state: Path | None = None, token_file: Path | None = None):
+        self.data = data
+        self.state = state or base / "state"
+        self.token_file = token_file or base / "config" / "token"
+        self.log = base / f"server-{time.monotonic_ns()}.log"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(BACKEND), os.environ.get("PYTHONPATH", "")]),
+                   XDG_CONFIG_HOME=str(base / "xdg-config"), XDG_STATE_HOME=str(base / "xdg-state"))
+        env.pop("INSTASCENE_WEIGHTS", None)
+        cmd = [sys.executable, "-m", "instascene", "serve", "--port", "0", "--data-root", str(data),
+               "--token-file", str(self.token_file), "--state-dir", str(self.state),
+               "--max-upload", str(MAX_UPLOAD), "--log-level", "warning"]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            self.url = self._wait_up()
+        except BaseException:
+            self.stop()
+            raise
+        self.token = self.token_file.read_text().strip()
+        self.client = httpx.Client(base_url=self.url, headers=self.auth(), timeout=20)
+
+    def _wait_up(self, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        url = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log.read_text()}")
+            if url is None:
+                m = re.search(r"http://127\.0\.0\.1:(\d+)", self.log.read_text())
+                url = f"http://127.0.0.1:{m.group(1)}" if m else None
+            if url is not None:
+                try:
+                    if httpx.get(url + "/health", timeout=1).status_code == 200:
+                        return url
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not come up:\n{self.log.read_text()}")
+
+    def auth(self, token: str | None = None) -> dict:
+        return {"Authorization": f"Bearer {token or self.token}"}
+
+    def submit(self, kind: str, scene: str | None, run: str, **options) -> str:
+        r = self.client.post("/jobs", json={"kind": kind, "scene": scene, "run": run, "options": options})
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+    def wait(self, job_id: str, until=lambda j: j["state"] in ("done", "failed", "cancelled"), timeout=30.0,
+             client: httpx.Client | None = None) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = (client or self.client).get(f"/jobs/{job_id}").json()
+            if until(job):
+                return job
+            time.sleep(0.03)
+        raise AssertionError(f"job {job_id} did not get there in {timeout} s: {job}")
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if getattr(self, "client", None) is not None:
+            self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    instascene_folder(root / "small")
+    ring_scene(root / "long", views=150)
+    ring_scene(root / "quick_a", views=6, size=48, n=1000, seed=1)
+    ring_scene(root / "quick_b", views=6, size=48, n=1000, seed=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, data):
+    srv = Server(tmp_path_factory.mktemp("srv"), data)
+    yield srv
+    srv.stop()
+
+
+def no_temporaries(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------------- the service
+
+
+def test_health_token_and_openapi(server):
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"  # no token needed
+    mode = stat.S_IMODE(server.token_file.stat().st_mode)
+    assert mode == 0o600 and len(server.token) >= 32
+
+    for headers in ({}, server.auth("wrong-token-" + "x" * 30), {"Authorization": "Basic abc"}):
+        for method, path in (("GET", "/capabilities"), ("GET", "/jobs"), ("GET", "/openapi.json"),
+                             ("POST", "/jobs"), ("GET", "/files/small/point_cloud.ply")):
+            r = httpx.request(method, server.url + path, headers=headers, json={} if method == "POST" else None)
+            assert r.status_code == 401, (headers, path, r.text)
+            assert r.json()["detail"] and r.headers["www-authenticate"] == "Bearer"
+    assert "missing token" in httpx.get(server.url + "/jobs").json()["detail"]
+    assert httpx.get(server.url + "/jobs", headers=server.auth("nope" * 10)).json()["detail"] == "wrong token"
+
+    schema = server.client.get("/openapi.json").json()
+    assert {"/health", "/capabilities", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel"} <= set(schema["paths"])
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    kinds = schema["components"]["schemas"]["JobRequest"]["properties"]["kind"]["enum"]
+    assert set(kinds) == {"validate", "render", "segment", "complete", "run"}
+
+
+def test_capabilities(server):
+    caps = server.client.get("/capabilities").json()
+    assert caps["device"]["type"] in ("cpu", "cuda")
+    if caps["device"]["type"] == "cuda":
+        assert caps["device"]["gpu"]["name"] and caps["device"]["gpu"]["memory_total_bytes"] > 0
+    assert caps["versions"]["instascene"] and caps["versions"]["torch"]
+    assert caps["weights"] == {**caps["weights"], "configured": False, "found": False}
+    assert caps["jobs"]["kinds"] == ["validate", "render", "segment"]
+    assert caps["jobs"]["unavailable"]["complete"] == "completion is not available in this version"
+    assert caps["data_roots"] == [str(server.data.resolve())]
+    assert caps["limits"]["upload_bytes"] == MAX_UPLOAD
+
+
+def test_validate_lifecycle(server, data):
+    job_id = server.submit("validate", "small", "runs/validate")
+    job = server.wait(job_id)
+    assert job["state"] == "done", job
+    assert job["progress"] == 1.0 and job["error"] is None
+    assert job["scene"] == str((data / "small").resolve()) and job["run"] == str((data / "runs/validate").resolve())
+    assert job["created"] <= job["started"] <= job["finished"]
+    summary = json.loads((data / "runs/validate/scene_summary.json").read_text())
+    assert summary["splats"]["count"] == 20 and summary["cameras"]["count"] == 3
+    assert summary["layout"] == "instascene" and len(summary["splats"]["bounds"]["min"]) == 3
+    assert job["result"]["gaussians"] == 20
+    # the same file streamed back, by relative and by absolute path
+    assert server.client.get("/files/runs/validate/scene_summary.json").json() == summary
+    assert server.client.get(f"/files/{data.resolve()}/runs/validate/scene_summary.json").json() == summary
+    lines = server.client.get(f"/jobs/{job_id}/log").json()["lines"]
+    assert any("validate started" in line for line in lines) and "done in" in lines[-1]
+    assert job_id in [j["id"] for j in server.client.get("/jobs").json()["jobs"]]
+
+
+def test_render_lifecycle(server, data):
+    job_id = server.submit("render", "small", "runs/render", background="white", device="cpu")
+    seen = []
+    job = server.wait(job_id, until=lambda j: seen.append(j["progress"]) or j["state"] in ("done", "failed"))
+    assert job["state"] == "done", job
+    assert job["progress"] == 1.0 and seen == sorted(seen)
+    pngs = sorted((data / "runs/render/renders").glob("*.png"))
+    assert [p.stem for p in pngs] == ["view_a", "view_b", "view_c"]
+    for p in pngs:
+        assert Image.open(p).size == (32, 24)
+    assert job["result"]["renders"] == [f"renders/{p.name}" for p in pngs]
+    listing = server.client.get("/files/runs/render/renders").json()
+    assert [e["name"] for e in listing["entries"]] == [p.name for p in pngs]
+
+    bad = server.wait(server.submit("render", "small", "runs/render-bad", scale=-1))
+    assert bad["state"] == "failed" and "'scale' must be a number" in bad["error"]
+
+
+def test_cancel_running_render(server, data):
+    job_id = server.submit("render", "long", "runs/cancel", device="cpu")
+    running = server.wait(job_id, until=lambda j: j["state"] == "running" and j["progress"] > 0)
+    r = server.client.post(f"/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["cancel_requested"]
+    job = server.wait(job_id, timeout=10)
+    assert job["state"] == "cancelled", job
+    assert job["progress"] < 1
+    renders = data / "runs/cancel/renders"
+    done = sorted(renders.glob("*.png"))
+    assert 1 <= len(done) < 150 and no_temporaries(renders)
+    for p in done:  # every file there is whole
+        assert Image.open(p).size == (64, 64)
+    assert running["progress"] > 0
+    assert server.client.post(f"/jobs/{job_id}/cancel").status_code == 409  # already finished
+    assert server.client.post("/jobs/nosuchjob/cancel").status_code == 404
+    assert server.client.get("/jobs/nosuchjob").status_code == 404
+
+
+def test_cancel_queued_job(server):
+    first = server.submit("render", "long", "runs/cancel-q1", device="cpu")
+    second = server.submit("validate", "small", "runs/cancel-q2")
+    job = server.client.post(f"/jobs/{second}/cancel").json()
+    assert job["state"] == "cancelled" and job["started"] is None
+    server.client.post(f"/jobs/{first}/cancel")
+    assert server.wait(first)["state"] == "cancelled"
+    assert server.client.get(f"/jobs/{second}").json()["state"] == "cancelled"
+
+
+def test_two_clients_at_once(server, data):
+    results = {}
+
+    def client_session(name):
+        with httpx.Client(base_url=server.url, headers=server.auth(), timeout=20) as c:
+            r = c.post("/jobs", json={"kind": "render", "scene": name, "run": f"runs/two/{name}",
+                                      "options": {"device": "cpu"}})
+            assert r.status_code == 202, r.text
+            results[name] = server.wait(r.json()["id"], client=c)
+
+    threads = [threading.Thread(target=client_session, args=(n,)) for n in ("quick_a", "quick_b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert set(results) == {"quick_a", "quick_b"}
+    a, b = sorted(results.values(), key=lambda j: j["started"])
+    assert a["state"] == b["state"] == "done"
+    assert a["finished"] <= b["started"]  # one GPU job at a time: the second waited
+    for name in results:
+        assert len(list((data / "runs/two" / name / "renders").glob("*.png"))) == 6
+
+
+def test_malformed_ply_is_a_clear_job_error(server, data):
+    bad = data / "bad"
+    instascene_folder(bad)
+    ply = bad / "point_cloud.ply"
+    ply.write_bytes(ply.read_bytes()[:-100])  # truncated
+    for kind in ("validate", "render"):
+        job = server.wait(server.submit(kind, "bad", f"runs/bad-{kind}"))
+        assert job["state"] == "failed"
+        assert "point_cloud.ply" in job["error"] and "Traceback" not in job["error"]
+        assert job["message"] == job["error"] and "\n" not in job["error"]
+    assert not (data / "runs/bad-validate/scene_summary.json").exists()
+
+
+def test_bad_requests(server, data, tmp_path):
+    def post(**body):
+        return server.client.post("/jobs", json={"kind": "validate", "run": "runs/x", **body})
+
+    r = post(scene="no/such/scene")
+    assert r.status_code == 404 and "scene not found" in r.json()["detail"]
+    (data / "a_file").write_text("x")
+    r = post(scene="small", run="a_file")
+    assert r.status_code == 400 and "not a folder" in r.json()["detail"]
+    r = post(scene="small", run=".")
+    assert r.status_code == 400
+    r = server.client.post("/jobs", json={"kind": "validate", "scene": "small"})
+    assert r.status_code == 422 and "run" in r.json()["detail"]
+    r = server.client.post("/jobs", json={"kind": "explode", "scene": "small", "run": "r"})
+    assert r.status_code == 422 and "'validate'" in r.json()["detail"]
+    r = server.client.post("/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    for kind, word in (("complete", "completion"), ("run", "full run")):
+        r = server.client.post("/jobs", json={"kind": kind, "scene": "small", "run": "runs/seg"})
+        assert r.status_code == 501 and r.json()["detail"] == jobs.NOT_AVAILABLE[kind]
+        assert word in r.json()["detail"]
+
+
+def test_path_escapes(server, data, tmp_path):
+    outside = tmp_path / "outside"
+    instascene_folder(outside)
+    (data / "escape").symlink_to(outside, target_is_directory=True)
+    (data / "inside_link").symlink_to(data / "small", target_is_directory=True)
+
+    def post(scene, run="runs/esc"):
+        return server.client.post("/jobs", json={"kind": "validate", "scene": scene, "run": run})
+
+    for scene in ("../outside", "small/../../outside", str(outside), "escape", "escape/point_cloud.ply"):
+        r = post(scene)
+        assert r.status_code == 403, (scene, r.text)
+        assert "'..'" in r.json()["detail"] or "outside the data roots" in r.json()["detail"]
+    assert "symbolic link" in post("escape").json()["detail"]
+    assert post("small", run="escape/run").status_code == 403
+    assert post("small", run="../run").status_code == 403
+    assert post("inside_link").status_code == 202  # a link that stays inside is fine
+
+    for path in ("escape/point_cloud.ply", "small/%2E%2E/%2E%2E/etc/passwd", "/etc/passwd"):
+        r = server.client.get("/files/" + path)
+        assert r.status_code == 403, (path, r.text)
+        r = server.client.put("/files/" + path, content=b"x")
+        assert r.status_code == 403, (path, r.text)
+    assert not (outside / "x").exists()
+    assert server.client.get("/files/small/nothing.ply").status_code == 404
+
+
+def test_upload_then_validate(server, data, tmp_path):
+    local = tmp_path / "local"
+    instascene_folder(local)
+    for f in sorted(p for p in local.rglob("*") if p.is_file()):
+        rel = f.relative_to(local).as_posix()
+        r = server.client.put(f"/files/uploads/scene/{rel}", content=f.read_bytes())
+        assert r.status_code == 201, r.text
+        assert r.json()["size"] == f.stat().st_size
+    assert (data / "uploads/scene/point_cloud.ply").read_bytes() == (local / "point_cloud.ply").read_bytes()
+    job = server.wait(server.submit("validate", "uploads/scene", "uploads/run"))
+    assert job["state"] == "done", job
+    r = server.client.get("/files/uploads/run/scene_summary.json")
+    assert r.status_code == 200 and r.json()["splats"]["count"] == 20
+    ply = server.client.get("/files/uploads/scene/point_cloud.ply")
+    assert ply.content == (local / "point_cloud.ply").read_bytes()
+    assert server.client.put("/files/uploads/scene", content=b"x").status_code == 409  # a folder
+
+
+def test_size_limits(server, data):
+    r = server.client.post("/jobs", json={"kind": "validate", "scene": "s" * 70_000, "run": "r"})
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+
+    def chunked():  # no Content-Length: the limit is enforced while reading
+        for _ in range(10):
+            yield b" " * 10_000
+    r = server.client.post("/jobs", content=chunked(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+    big = os.urandom(MAX_UPLOAD + 1)
+    r = server.client.put("/files/uploads/big.bin", content=big)
+    assert r.status_code == 413 and "--max-upload" in r.json()["detail"]
+    r = server.client.put("/files/uploads/big2.bin", content=iter([big[:60_000], big[60_000:]]))
+    assert r.status_code == 413
+    assert not (data / "uploads/big.bin").exists() and not (data / "uploads/big2.bin").exists()
+    assert no_temporaries(data / "uploads") if (data / "uploads").exists() else True
+    ok = server.client.put("/files/uploads/fits.bin", content=big[:MAX_UPLOAD])
+    assert ok.status_code == 201 and (data / "uploads/fits.bin").stat().st_size == MAX_UPLOAD
+
+
+def test_restart_during_a_job(tmp_path, data):
+    base = tmp_path / "srv"
+    base.mkdir()
+    a = Server(base, data)
+    try:
+        finished = a.wait(a.submit("validate", "small", "runs/restart-done"))
+        assert finished["state"] == "done"
+        running = a.submit("render", "long", "runs/restart-running", device="cpu")
+        queued = a.submit("validate", "small", "runs/restart-queued")
+        a.wait(running, until=lambda j: j["state"] == "running" and j["progress"] > 0)
+        token = a.token
+    finally:
+        a.stop(signal.SIGKILL)  # a crash: nobody gets to write anything
+
+    b = Server(base, data)
+    try:
+        assert b.token == token  # the token file is kept
+        jobs_now = {j["id"]: j for j in b.client.get("/jobs").json()["jobs"]}
+        assert jobs_now[finished["id"]]["state"] == "done"
+        assert jobs_now[finished["id"]]["result"] == finished["result"]
+        assert b.client.get("/files/runs/restart-done/scene_summary.json").status_code == 200
+        assert jobs_now[running]["state"] == "failed" and jobs_now[running]["message"] == INTERRUPTED_RUNNING
+        assert jobs_now[queued]["state"] == "failed" and jobs_now[queued]["message"] == INTERRUPTED_QUEUED
+        assert INTERRUPTED_RUNNING in b.client.get(f"/jobs/{running}/log").json()["lines"][-1]
+        for p in (data / "runs/restart-running/renders").glob("*.png"):
+            Image.open(p).load()  # what is there is whole (a cut-off write is a hidden .tmp)
+
+        # a clean stop (SIGTERM) during a job records the interruption itself
+        again = b.submit("render", "long", "runs/restart-term", device="cpu")
+        b.wait(again, until=lambda j: j["state"] == "running" and j["progress"] > 0)
+    finally:
+        b.stop(signal.SIGTERM)
+    assert b.proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
+    record = json.loads((base / "state" / "jobs" / f"{again}.json").read_text())
+    assert record["state"] == "failed" and record["message"] == INTERRUPTED_RUNNING
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(BACKEND), os.environ.get("PYTHONPATH", "")]),
+               XDG_CONFIG_HOME=str(tmp_path / "xdg-config"))
+    token = tmp_path / "token"
+    token.write_text("x" * 40)
+    token.chmod(0o644)
+    cases = [
+        (["--data-root", str(tmp_path / "missing")], "data root is not an existing folder"),
+        (["--data-root", str(tmp_path), "--token-file", str(token)], "chmod 600"),
+        (["--data-root", str(tmp_path), "--max-upload", "lots"], "not a size"),
+    ]
+    for args, expected in cases:
+        p = subprocess.run([sys.executable, "-m", "instascene", "serve", "--port", "0",
+                            "--state-dir", str(tmp_path / "state"), *args],
+                           capture_output=True, text=True, env=env, timeout=30)
+        assert p.returncode == 2 and expected in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_registering_a_runner_makes_the_kind_available(tmp_path, monkeypatch):
+    """What the segmentation issue will do (one line in jobs.RUNNERS), in-process."""
+    from fastapi.testclient import TestClient
+
+    from instascene.service.app import ServiceConfig, create_app
+
+    calls = []
+
+    def fake_segment(scene, run, options, progress):
+        progress(0.5, "segment", "half way")
+        (run / "labels.npy").parent.mkdir(parents=True, exist_ok=True)
+        (run / "labels.npy").write_bytes(b"x")
+        calls.append((scene, run, options))
+        return {"instances": 0}
+
+    (tmp_path / "data").mkdir()
+    instascene_folder(tmp_path / "data" / "scene")
+    monkeypatch.setitem(jobs.RUNNERS, "segment", fake_segment)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "model_index.json").write_text("{}")
+    config = ServiceConfig(data_roots=[tmp_path / "data"], token="t" * 32, state_dir=tmp_path / "state",
+                           weights=weights, weights_source="--weights")
+    with TestClient(create_app(config), headers={"Authorization": "Bearer " + "t" * 32}) as c:
+        caps = c.get("/capabilities").json()
+        assert "segment" in caps["jobs"]["kinds"] and "segment" not in caps["jobs"]["unavailable"]
+        assert caps["weights"]["configured"] and caps["weights"]["found"] and caps["weights"]["missing"] == []
+        job_id = c.post("/jobs", json={"kind": "segment", "scene": "scene", "run": "run"}).json()["id"]
+        deadline = time.monotonic() + 10
+        while (job := c.get(f"/jobs/{job_id}").json())["state"] not in ("done", "failed") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert job["state"] == "done" and job["result"] == {"instances": 0}, job
+        assert "[segment] half way" in "\n".join(c.get(f"/jobs/{job_id}/log").json()["lines"])
+    assert calls[0][0] == (tmp_path / "data" / "scene").resolve()
+    assert calls[0][2] == {}  # server defaults (weights) go to complete/run jobs only
