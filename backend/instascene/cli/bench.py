@@ -10,8 +10,9 @@ import time
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="speed benchmarks (raster)")
-    p.add_argument("what", choices=["raster"], help="which benchmark")
+    p = sub.add_parser("bench", help="speed benchmarks (raster, segment)")
+    p.add_argument("what", choices=["raster", "segment"], help="which benchmark")
+    p.add_argument("--scene", help="segment: scene folder (default: generate the built-in scene)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per row (median reported)")
     p.add_argument("--gaussians", type=int, default=10_000, help="Gaussians for the CPU rows")
     p.add_argument("--size", default="256x256", help="image size WxH for the CPU rows")
@@ -110,11 +111,35 @@ def raster_rows(n: int, width: int, height: int, repeats: int):
     return rows
 
 
+def segment_bench(scene: str | None) -> int:
+    """Time every stage of `instascene segment` on a scene (the built-in one by default)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from ..segment.pipeline import segment_scene
+    from ..synth.generate import SynthOptions, generate_scene
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if scene is None:
+            scene = str(Path(tmp) / "scene")
+            t = time.perf_counter()
+            generate_scene(scene, SynthOptions(seed=0))
+            print(f"built-in scene generated in {time.perf_counter() - t:.1f} s")
+        t = time.perf_counter()
+        summary = segment_scene(scene, Path(tmp) / "run", quiet=True)
+        total = time.perf_counter() - t
+    print(json.dumps({"total_s": round(total, 1), **summary}, indent=2))
+    return 0
+
+
 def run(args) -> int:
     import torch
 
     from ..render import gsplat_backend
 
+    if args.what == "segment":
+        return segment_bench(args.scene)
     width, height = (int(v) for v in args.size.lower().split("x"))
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"

@@ -1,11 +1,11 @@
 """Final instances from the feature field, background, and click queries (method.md §4).
 
-Per coarse instance, the mean of its Gaussians' unit features is its prototype; a
-Gaussian joins the instance whose prototype it matches best, if the cosine is at
-least `threshold` (0.9, the official export). Below that, a Gaussian keeps its coarse
-(voted) instance if its feature still agrees with it (cosine ≥ `fill_threshold`), and a
-Gaussian with no coarse label that sits among an instance's Gaussians (majority of its
-spatial neighbours) and agrees with it joins too.
+Per coarse instance, the mean of its Gaussians' unit features is its prototype. A
+Gaussian keeps its voted coarse instance unless the features clearly prefer another
+(cosine ≥ `threshold` there, < `fill_threshold` with its own); a Gaussian without a
+vote joins the instance whose prototype it matches at cosine ≥ `threshold` (0.9, the
+official export), or, failing that, the instance that most of its spatial neighbours
+belong to if its feature agrees (cosine ≥ `fill_threshold`).
 Everything else is background. Background instances (the table, floor, walls) are
 found geometrically: most of their Gaussians lie on the scene's dominant plane, or
 they span a large part of the scene.
@@ -44,11 +44,19 @@ def dominant_plane(points: np.ndarray, tol: float, iters: int = 256, seed: int =
     return n[best], d[best]
 
 
-def background_instances(instances, means: np.ndarray, tol: float, p: InstanceParams) -> np.ndarray:
+def on_support_plane(means: np.ndarray, normals: np.ndarray, tol: float, plane=None) -> np.ndarray:
+    """Gaussians lying flat on the dominant plane (the table or floor): within `tol` of it
+    and facing along its normal. Objects resting on it touch it only with their unseen
+    bottoms and their sides, whose surfels stand across the plane."""
+    n, d = plane if plane is not None else dominant_plane(means, tol)
+    return (np.abs(means @ n + d) < tol) & (np.abs(normals @ n) > 0.9)
+
+
+def background_instances(instances, means: np.ndarray, tol: float, p: InstanceParams, plane=None) -> np.ndarray:
     """Boolean per coarse instance: is it background (table/floor/wall)?"""
     if not instances:
         return np.zeros(0, bool)
-    n, d = dominant_plane(means, tol)
+    n, d = plane if plane is not None else dominant_plane(means, tol)
     on_plane = np.abs(means @ n + d) < tol
     lo, hi = np.percentile(means, 1, axis=0), np.percentile(means, 99, axis=0)
     scene_diag = float(np.linalg.norm(hi - lo))
@@ -83,14 +91,17 @@ def assign_instances(features: torch.Tensor, coarse_labels: np.ndarray, is_backg
     best_score = score.max(1).values.numpy()
     obj_index = np.full(n_coarse, -1)
     obj_index[objects] = np.arange(len(objects))
-    chosen = best_score >= p.threshold
-    labels[chosen] = obj_index[best[chosen]]
-    # where the features are unsure, the coarse label stands if the features agree enough
+    # the voted coarse label stands unless the features clearly prefer another instance
     own = np.take_along_axis(score.numpy(), np.maximum(coarse_labels, 0)[:, None], 1)[:, 0]
-    fallback = ~chosen & (coarse_labels >= 0) & (own >= p.fill_threshold)
-    labels[fallback] = obj_index[coarse_labels[fallback]]
+    voted = coarse_labels >= 0
+    switch = voted & (best_score >= p.threshold) & (own < p.fill_threshold)
+    keep = voted & ~switch
+    labels[keep] = obj_index[coarse_labels[keep]]
+    # Gaussians without a vote (or switched) follow the features where they are sure
+    chosen = (~voted | switch) & (best_score >= p.threshold)
+    labels[chosen] = obj_index[best[chosen]]
     # fill: unlabelled Gaussians surrounded by one instance and agreeing with it
-    todo = np.flatnonzero((labels < 0) & (coarse_labels < 0) & (obj_index[best] >= 0) & (best_score >= p.fill_threshold))
+    todo = np.flatnonzero((labels < 0) & ~voted & (obj_index[best] >= 0) & (best_score >= p.fill_threshold))
     if len(todo):
         tree = cKDTree(means)
         _, nb = tree.query(means[todo], k=p.fill_neighbours + 1)

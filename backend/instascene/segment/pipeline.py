@@ -23,7 +23,8 @@ from ..io.ply import write_ply
 from ..io.scene import load_scene
 from .consensus import ConsensusParams, cluster_masks, view_consensus
 from .features import FeatureParams, train_features
-from .instances import InstanceParams, assign_instances, background_instances
+from ..io.rotations import quat_to_rotmat
+from .instances import InstanceParams, assign_instances, background_instances, dominant_plane, on_support_plane
 from .postprocess import PostParams, coarse_instances, consistent_label_maps, scene_eps, vote_labels
 from .tracker import track_masks
 
@@ -33,6 +34,7 @@ class SegmentParams:
     criterion: str = "crossing"  # association: which pairs make a mask's Gaussian set
     vote_criterion: str = "transmittance"  # dense coarse labels from the consistent masks
     min_gaussians: int = 50
+    boundary_px: int = 1  # mask pixels this close to a mask boundary do not count for association
     consensus: ConsensusParams = field(default_factory=ConsensusParams)
     post: PostParams = field(default_factory=PostParams)
     features: FeatureParams = field(default_factory=FeatureParams)
@@ -100,7 +102,8 @@ def segment_scene(scene_path, run_dir, params: SegmentParams = SegmentParams(), 
     st.end()
 
     st.start("track")
-    tracks = track_masks(contribs, [c.name for c in cams], label_maps, params.criterion, params.min_gaussians)
+    tracks = track_masks(contribs, [c.name for c in cams], label_maps, params.criterion, params.min_gaussians,
+                         params.boundary_px)
     st.end()
 
     st.start("associate")
@@ -109,7 +112,8 @@ def segment_scene(scene_path, run_dir, params: SegmentParams = SegmentParams(), 
     nodes = cluster_masks(tracks, cons, params.consensus)
     coarse = coarse_instances(nodes, tracks, cons, means, params.post)
     eps = params.post.dbscan_eps or scene_eps(means, params.post.dbscan_spacing_factor)
-    is_bg = background_instances(coarse, means, eps / 2, params.instances)
+    plane = dominant_plane(means, eps / 2)
+    is_bg = background_instances(coarse, means, eps / 2, params.instances, plane)
     consistent = consistent_label_maps(coarse, tracks, label_maps)
     filtered = _filter_undersegmented(label_maps, tracks, cons.undersegmented)
     coarse_labels = vote_labels(contribs, consistent, len(coarse), params.vote_criterion)
@@ -123,6 +127,8 @@ def segment_scene(scene_path, run_dir, params: SegmentParams = SegmentParams(), 
                            progress=lambda i, n, loss: st.update(i, n, f"loss {loss:.3f}"))
     del cache
     labels = assign_instances(feats.cpu(), coarse_labels, is_bg, means, params.instances)
+    normals = quat_to_rotmat(splats.to_2dgs().unit_quats().astype(np.float64))[:, :, 2]
+    labels[on_support_plane(means, normals, eps / 5, plane)] = -1
     st.end()
 
     st.start("write")

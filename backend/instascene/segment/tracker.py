@@ -39,6 +39,26 @@ class MaskTracks:
         return np.asarray(self.A.sum(axis=1)).ravel()
 
 
+def mask_interior(labels: np.ndarray, boundary_px: int) -> np.ndarray:
+    """`labels` with the pixels within `boundary_px` of a label change set to 0. Mask
+    boundaries are where SAM errs and where splats of both sides blend; at a few hundred
+    pixels across they hold a large share of a small object's pixels."""
+    if boundary_px <= 0:
+        return labels
+    from scipy import ndimage
+
+    edge = np.zeros(labels.shape, bool)
+    dx = labels[:, 1:] != labels[:, :-1]
+    dy = labels[1:, :] != labels[:-1, :]
+    edge[:, 1:] |= dx
+    edge[:, :-1] |= dx
+    edge[1:, :] |= dy
+    edge[:-1, :] |= dy
+    if boundary_px > 1:
+        edge = ndimage.binary_dilation(edge, iterations=boundary_px - 1)
+    return np.where(edge, 0, labels)
+
+
 def _bool_csr(rows, cols, shape) -> sp.csr_matrix:
     m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
     m.sum_duplicates()
@@ -46,13 +66,15 @@ def _bool_csr(rows, cols, shape) -> sp.csr_matrix:
     return m
 
 
-def track_masks(contribs, names, label_maps, criterion: str = "transmittance", min_gaussians: int = 50) -> MaskTracks:
+def track_masks(contribs, names, label_maps, criterion: str = "transmittance", min_gaussians: int = 50,
+                boundary_px: int = 0) -> MaskTracks:
     """The Gaussian set of every mask, from each view's composited pairs.
 
     `contribs`: per view, `render.Contributions` with every composited pair (criterion
     None), so that the same rasterization also feeds the feature cache; `label_maps`:
     matching [H, W] int arrays (0 = no mask) or None for a view without masks. Pairs are
-    selected with `criterion`; masks with fewer than `min_gaussians` distinct Gaussians
+    selected with `criterion`; pixels within `boundary_px` of a mask boundary are
+    ignored (`mask_interior`); masks with fewer than `min_gaussians` distinct Gaussians
     are dropped (method.md: 50).
     """
     N = contribs[0].n_gaussians if contribs else 0
@@ -65,7 +87,7 @@ def track_masks(contribs, names, label_maps, criterion: str = "transmittance", m
         w_rows.append(np.full(len(vis), f))
         w_cols.append(vis)
         if labels is not None:
-            sets = c.mask_gaussians(labels)
+            sets = c.mask_gaussians(mask_interior(np.asarray(labels), boundary_px))
             lab = sets.label.cpu().numpy()
             gid = sets.gaussian.cpu().numpy()
             order = np.lexsort((-sets.pixels.cpu().numpy(), gid))  # per Gaussian, most pixels first
