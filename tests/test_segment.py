@@ -130,3 +130,31 @@ def test_segment_cli_reports_missing_masks(tmp_path, segmented):
     r = subprocess.run([sys.executable, "-m", "instascene", "segment", str(bare), "--out", str(tmp_path / "r")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no 2D masks" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_click_queries_find_the_instance(segmented):
+    from instascene.io.scene import load_scene
+    from instascene.render import Gaussians, View
+    from instascene.segment.instances import gaussian_at_pixel, gaussian_near_point, query_instance
+
+    scene, run, _ = segmented
+    s = load_scene(scene)
+    labels = np.load(run / "labels.npy")
+    feats = torch.from_numpy(np.load(run / "features.npy"))
+    k = int(np.bincount(labels[labels >= 0]).argmax())  # the largest instance
+    centre = s.splats.means[labels == k].mean(0)
+    g = gaussian_near_point(s.splats.means, centre)
+    q = query_instance(labels, feats, g)
+    assert q["instance"] == labels[g] and len(q["instance_gaussians"]) == int((labels == labels[g]).sum())
+    assert g in q["similar_gaussians"]
+    assert gaussian_near_point(s.splats.means, centre + 100.0, max_distance=1.0) is None
+    # a click on a pixel where instance k is drawn selects a Gaussian of instance k
+    from instascene.render import contributions
+
+    gs, view = Gaussians.from_splats(s.splats), View.from_camera(s.cameras[0])
+    front = contributions(gs, view, "crossing")
+    drawn = front.pixel[torch.from_numpy(labels)[front.gaussian] == k]
+    if len(drawn):
+        pix = int(drawn[len(drawn) // 2])
+        hit = gaussian_at_pixel(gs, view, pix % view.width, pix // view.width)
+        assert hit is not None and labels[hit] == k

@@ -116,3 +116,30 @@ def query_similar(features: torch.Tensor, gaussian: int, threshold: float = 0.8)
     """Gaussians whose feature matches that of `gaussian` (cosine ≥ threshold): click-to-select."""
     score = features @ features[gaussian]
     return torch.nonzero(score >= threshold).squeeze(1).numpy()
+
+
+def gaussian_at_pixel(g, view, x: int, y: int) -> int | None:
+    """The Gaussian a user clicks at pixel (x, y) of `view`: the one where transmittance
+    crosses 0.5 (the visible surface), or None on empty background."""
+    from ..render import contributions
+
+    c = contributions(g, view, "crossing")
+    hit = torch.nonzero(c.pixel == y * view.width + x).squeeze(1)
+    return int(c.gaussian[hit[0]]) if len(hit) else None
+
+
+def gaussian_near_point(means: np.ndarray, point, max_distance: float | None = None) -> int | None:
+    """The Gaussian whose centre is nearest to a 3D point (None if farther than max_distance)."""
+    d, i = cKDTree(means).query(np.asarray(point, dtype=np.float64))
+    return None if max_distance is not None and d > max_distance else int(i)
+
+
+def query_instance(labels: np.ndarray, features: torch.Tensor, gaussian: int | None, threshold: float = 0.8) -> dict:
+    """What a click selects: the Gaussian's instance (-1 = background) with all its
+    Gaussians, and the Gaussians of similar feature (for picking parts or leftovers)."""
+    if gaussian is None:
+        return {"gaussian": None, "instance": None, "instance_gaussians": [], "similar_gaussians": []}
+    inst = int(labels[gaussian])
+    members = np.flatnonzero(labels == inst) if inst >= 0 else np.zeros(0, int)
+    return {"gaussian": gaussian, "instance": inst, "instance_gaussians": members,
+            "similar_gaussians": query_similar(features, gaussian, threshold)}
