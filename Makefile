@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench clean addon
 
 setup: $(STAMP)
 
@@ -24,6 +24,21 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/instascene bench raster
+
+# The Blender extension zip, built and validated by Blender's own extension tool (a stdlib
+# script inside the bpy wheel) from a staging copy of instascene_blender/ + the manifest.
+# `make addon ADDON_DIST=DIR` writes elsewhere than dist/.
+addon: $(STAMP)
+	@set -e; scripts=$(VENV)/lib/python3.11/site-packages/bpy/5.0/scripts; \
+	tool=$$scripts/addons_core/bl_pkg/cli/blender_ext.py; out=$(or $(ADDON_DIST),dist); \
+	version=$$(sed -n 's/^version *= *"\(.*\)"/\1/p' blender_manifest.toml); \
+	stage=$$(mktemp -d); trap 'rm -rf "$$stage"' EXIT; \
+	cp -R instascene_blender/. "$$stage/"; cp blender_manifest.toml "$$stage/"; \
+	find "$$stage" -name __pycache__ -prune -exec rm -rf {} +; mkdir -p "$$out"; \
+	$(PY) "$$tool" build --source-dir "$$stage" --output-dir "$$out" \
+		--valid-tags "$$scripts/modules/_bpy_internal/extensions/tags.py"; \
+	$(PY) "$$tool" validate "$$out/instascene-$$version.zip"; \
+	echo "built $$out/instascene-$$version.zip"
 
 clean:
 	rm -rf $(VENV) demo_out dist build *.egg-info

@@ -1,0 +1,1 @@
+"""The Blender side: builds and reads Blender data (bpy); knows no file formats (see ../io)."""

@@ -1,0 +1,355 @@
+"""Operators (`bpy.ops.instascene.*`): every panel button, callable from scripts without UI.
+
+Errors are Blender reports (`self.report({'ERROR'}, msg)` + CANCELLED), which a script
+sees as a RuntimeError. Backend operators start a worker thread and return at once;
+progress arrives through blender/jobs.py.
+"""
+
+import atexit
+import os
+import threading
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, StringProperty
+
+from .blender import jobs
+from .io import service
+from .io.ply import PlyError
+from .preferences import get_prefs, token_path
+
+_USER_ERRORS = (PlyError, ValueError, OSError, service.ServiceError)
+
+DISPLAY_ITEMS = [
+    ("AUTO", "Auto", "Discs, or points in the viewport for scenes above the preview threshold"),
+    ("DISCS", "Discs", "Oriented discs everywhere (exact look, slower viewport)"),
+    ("POINTS", "Points in Viewport", "Light point preview in the viewport, discs in renders"),
+    ("POINTS_ALWAYS", "Points Always", "Points in the viewport and in renders (fastest)"),
+]
+
+
+def _fail(op, msg: str):
+    op.report({"ERROR"}, msg)
+    return {"CANCELLED"}
+
+
+class _FileOperator:
+    """A file-browser operator (what bpy_extras' Import/ExportHelper do, without importing it)."""
+
+    filepath: StringProperty(name="File Path", subtype="FILE_PATH", default="", options={"SKIP_SAVE"})
+    filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})
+    default_name = ""
+
+    def invoke(self, context, event):
+        if not self.filepath and self.default_name:
+            blend = bpy.data.filepath
+            folder = os.path.dirname(blend) if blend else os.path.expanduser("~")
+            self.filepath = os.path.join(folder, self.default_name)
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+
+def _abspath(p: str) -> str:
+    return os.path.abspath(bpy.path.abspath(p)) if p else ""
+
+
+# ------------------------------------------------------------------ files
+class INSTASCENE_OT_import_scene(_FileOperator, bpy.types.Operator):
+    """Import a 2DGS/3DGS scene: a scene folder, a training output folder or a splat PLY; cameras too"""
+
+    bl_idname = "instascene.import_scene"
+    bl_label = "Import 2DGS Scene"
+    bl_options = {"REGISTER", "UNDO"}
+
+    display: EnumProperty(name="Display", items=DISPLAY_ITEMS, default="AUTO")
+    import_cameras: BoolProperty(name="Cameras", default=True, description="Create the scene's cameras")
+    standard_view: BoolProperty(name="Standard View Transform", default=True,
+                                description="Set the scene's view transform to Standard so splats show their "
+                                            "captured colours (AgX washes them out)")
+
+    def execute(self, context):
+        from .blender.importer import import_scene
+
+        path = _abspath(self.filepath)
+        if not path:
+            return _fail(self, "no scene given: pass filepath= a scene folder or a PLY file")
+        if not os.path.exists(path):
+            return _fail(self, f"{path}: no such file or folder")
+        prefs = get_prefs(context)
+        try:
+            res = import_scene(path, context.scene, display=self.display,
+                               point_threshold=prefs.point_threshold, import_cameras=self.import_cameras,
+                               standard_view=self.standard_view)
+        except _USER_ERRORS as e:
+            return _fail(self, str(e))
+        context.scene.instascene.scene_path = res["scene_root"] if os.path.isdir(path) else res["ply"]
+        for w in res["warnings"]:
+            self.report({"WARNING"}, w)
+        self.report({"INFO"}, f"imported {res['count']} {res['kind']} splats and {len(res['cameras'])} cameras")
+        return {"FINISHED"}
+
+
+class INSTASCENE_OT_materialize(bpy.types.Operator):
+    """Build one object per instance of a run folder (replacing an earlier result of the same run)"""
+
+    bl_idname = "instascene.materialize"
+    bl_label = "Materialize"
+    bl_options = {"REGISTER", "UNDO"}
+
+    run_dir: StringProperty(name="Run Folder", subtype="DIR_PATH", default="")
+    display: EnumProperty(name="Display", items=DISPLAY_ITEMS, default="AUTO")
+    mesh_in_render: BoolProperty(name="Meshes in Renders", default=False,
+                                 description="Render the completed meshes too (else only their splats)")
+
+    def execute(self, context):
+        from .blender.materialize import materialize
+
+        run = _abspath(self.run_dir) or _abspath(context.scene.instascene.run_dir) or \
+            _abspath(context.window_manager.instascene.last_run)
+        if not run:
+            return _fail(self, "no run folder given: pass run_dir= a folder written by segment/complete")
+        prefs = get_prefs(context)
+        try:
+            res = materialize(run, context.scene, display=self.display, point_threshold=prefs.point_threshold,
+                              mesh_in_render=self.mesh_in_render)
+        except _USER_ERRORS as e:
+            return _fail(self, str(e))
+        if res["skipped"]:
+            self.report({"WARNING"}, f"instances without files skipped: {', '.join(res['skipped'][:10])}")
+        self.report({"INFO"}, f"{'replaced' if res['replaced'] else 'materialized'} {len(res['instances'])} "
+                              f"instances{' and the background' if res['background'] else ''}")
+        return {"FINISHED"}
+
+
+class INSTASCENE_OT_export_layout(_FileOperator, bpy.types.Operator):
+    """Write every InstaScene splat object, with its world transform baked in, to one splat PLY"""
+
+    # Means, rotations and scales are transformed exactly for rotation + uniform scale (and via
+    # an SVD for other scales); SH bands 1-3 are all rotated exactly (io/transform.py).
+
+    bl_idname = "instascene.export_layout"
+    bl_label = "Export Layout"
+
+    default_name = "layout.ply"
+    visible_only: BoolProperty(name="Visible Only", default=False)
+    selected_only: BoolProperty(name="Selected Only", default=False)
+
+    def execute(self, context):
+        from .blender.export import export_layout, splat_objects
+
+        path = _abspath(self.filepath)
+        if not path or os.path.isdir(path):
+            return _fail(self, "no output file given: pass filepath= a .ply path")
+        objs = splat_objects(context.scene, self.visible_only, self.selected_only)
+        try:
+            n = export_layout(path, objs)
+        except _USER_ERRORS as e:
+            return _fail(self, str(e))
+        self.report({"INFO"}, f"wrote {n} splats from {len(objs)} objects to {path}")
+        return {"FINISHED"}
+
+
+class INSTASCENE_OT_set_display(bpy.types.Operator):
+    """Draw the selected splat objects (all when none is selected) as discs or points"""
+
+    bl_idname = "instascene.set_display"
+    bl_label = "Splat Display"
+    bl_options = {"REGISTER", "UNDO"}
+
+    mode: EnumProperty(name="Display", items=DISPLAY_ITEMS[1:], default="DISCS")
+
+    def execute(self, context):
+        from .blender import nodes
+        from .blender.splats import is_splat_object
+
+        objs = [o for o in context.selected_objects if is_splat_object(o)] or \
+            [o for o in context.scene.objects if is_splat_object(o)]
+        for o in objs:
+            nodes.add_splat_modifier(o, viewport_points=self.mode != "DISCS",
+                                     always_points=self.mode == "POINTS_ALWAYS")
+        self.report({"INFO"}, f"{len(objs)} objects drawn as {self.mode.lower().replace('_', ' ')}")
+        return {"FINISHED"}
+
+
+# ------------------------------------------------------------------ backend
+def _client(context) -> service.Client:
+    prefs = get_prefs(context)
+    url = prefs.backend_url or service.DEFAULT_URL
+    if not service.is_loopback(url) and not bpy.app.online_access:
+        raise service.ServiceError("online access is disabled in Blender's preferences, and the backend "
+                                   f"{url} is not on this machine")
+    return service.Client(url, service.read_token(token_path(prefs)))
+
+
+def default_run_dir(context) -> str:
+    settings = context.scene.instascene
+    if settings.run_dir:
+        return _abspath(settings.run_dir)
+    scene = _abspath(settings.scene_path)
+    if not scene:
+        return ""
+    base = _abspath(get_prefs(context).data_folder) or os.path.dirname(scene.rstrip(os.sep))
+    name = os.path.splitext(os.path.basename(scene.rstrip(os.sep)))[0]
+    return os.path.join(base, "runs", name)
+
+
+class INSTASCENE_OT_connect(bpy.types.Operator):
+    """Check that the backend answers (health and capabilities)"""
+
+    bl_idname = "instascene.connect"
+    bl_label = "Connect"
+
+    def execute(self, context):
+        try:
+            client = _client(context)
+        except _USER_ERRORS as e:
+            return _fail(self, str(e))
+        context.window_manager.instascene.connection = "CONNECTING"
+        jobs.MANAGER.start(service.check_connection, client, jobs.MANAGER.queue)
+        return {"FINISHED"}
+
+
+class INSTASCENE_OT_start_backend(bpy.types.Operator):
+    """Start the local backend with the interpreter set in the preferences, then connect"""
+
+    bl_idname = "instascene.start_backend"
+    bl_label = "Start Backend"
+
+    def execute(self, context):
+        prefs = get_prefs(context)
+        proc = jobs.MANAGER.process
+        if proc is not None and proc.poll() is None:
+            return _fail(self, f"the backend started from Blender is already running (pid {proc.pid})")
+        tfile = token_path(prefs)
+        log = os.path.join(bpy.app.tempdir or os.path.expanduser("~"), "instascene-backend.log")
+        try:
+            client = _client(context)
+            data_root = _abspath(prefs.data_folder) or None
+            jobs.MANAGER.process = service.start_backend(bpy.path.abspath(prefs.backend_python),
+                                                         client.url, data_root, tfile, log)
+            atexit.register(stop_backend)  # a backend started from Blender ends with it
+        except _USER_ERRORS as e:
+            return _fail(self, str(e))
+        context.window_manager.instascene.connection = "CONNECTING"
+        context.window_manager.instascene.connection_message = f"starting (log: {log})"
+        jobs.MANAGER.start(service.wait_until_up, client, jobs.MANAGER.process, jobs.MANAGER.queue, tfile,
+                           jobs.MANAGER.stop)
+        return {"FINISHED"}
+
+
+class _JobOperator:
+    kind = "segment"
+
+    def job_options(self, context) -> dict:
+        return {}
+
+    def execute(self, context):
+        st = context.window_manager.instascene
+        if st.job_id and st.job_state in ("queued", "running") and jobs.MANAGER.busy():
+            return _fail(self, f"job {st.job_id} ({st.job_kind}) is still running; cancel it first")
+        reason = jobs.unavailable(context).get(self.kind)
+        if reason:
+            return _fail(self, f"the backend cannot {self.kind}: {reason}")
+        scene = _abspath(context.scene.instascene.scene_path)
+        run = default_run_dir(context)
+        if self.kind != "complete" and not scene:
+            return _fail(self, "no scene: import a scene first (or set the scene path in the panel)")
+        if not run:
+            return _fail(self, "no run folder: set one in the panel")
+        try:
+            client = _client(context)
+            options = self.job_options(context)
+        except _USER_ERRORS as e:
+            return _fail(self, str(e))
+        context.scene.instascene.run_dir = run
+        st.job_id, st.job_kind, st.job_state, st.progress, st.stage, st.message, st.last_error = \
+            "", self.kind, "submitting", 0.0, "", "", ""
+        jobs.MANAGER.start(service.run_job, client, self.kind, scene or None, run, options, jobs.MANAGER.queue,
+                           jobs.MANAGER.stop)
+        self.report({"INFO"}, f"{self.kind} submitted to the backend")
+        return {"FINISHED"}
+
+
+class INSTASCENE_OT_segment(_JobOperator, bpy.types.Operator):
+    """Segment the imported scene into instances (a backend job)"""
+
+    bl_idname = "instascene.segment"
+    bl_label = "Segment"
+    kind = "segment"
+
+
+class INSTASCENE_OT_complete(_JobOperator, bpy.types.Operator):
+    """Complete the instances of the run (all, or the selected ones) and mesh them (a backend job)"""
+
+    bl_idname = "instascene.complete"
+    bl_label = "Complete"
+    kind = "complete"
+
+    selected_only: BoolProperty(name="Selected Only", default=False,
+                                description="Complete only the instances whose objects are selected")
+
+    def job_options(self, context) -> dict:
+        if not self.selected_only:
+            return {}
+        ids = sorted({str(o["instascene_instance"]) for o in context.selected_objects
+                      if "instascene_instance" in o})
+        if not ids:
+            raise ValueError("no materialized instance is selected")
+        return {"instances": ids}
+
+
+class INSTASCENE_OT_run(_JobOperator, bpy.types.Operator):
+    """Segment and complete in one backend job"""
+
+    bl_idname = "instascene.run"
+    bl_label = "Segment + Complete"
+    kind = "run"
+
+
+def _cancel_worker(client, job_id, out):
+    try:
+        client.cancel(job_id)
+        out.put({"type": "cancel", "message": "cancel requested"})
+    except service.ServiceError as e:  # the job itself may still run: not a job failure
+        out.put({"type": "cancel", "message": f"cancel failed: {e}", "failed": True})
+
+
+class INSTASCENE_OT_cancel(bpy.types.Operator):
+    """Cancel the running backend job"""
+
+    bl_idname = "instascene.cancel"
+    bl_label = "Cancel"
+
+    def execute(self, context):
+        st = context.window_manager.instascene
+        if not st.job_id or st.job_state in service.FINAL_STATES:
+            return _fail(self, "no job is running")
+        try:
+            client = _client(context)
+        except _USER_ERRORS as e:
+            return _fail(self, str(e))
+        jobs.MANAGER.start(_cancel_worker, client, st.job_id, jobs.MANAGER.queue)
+        return {"FINISHED"}
+
+
+def stop_backend() -> None:
+    """Terminate the backend this session started (only that process)."""
+    proc = jobs.MANAGER.process
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        threading.Thread(target=proc.wait, daemon=True).start()
+    jobs.MANAGER.process = None
+
+
+def menu_import(self, context):
+    self.layout.operator(INSTASCENE_OT_import_scene.bl_idname, text="InstaScene 2DGS Scene (.ply / folder)")
+
+
+def menu_export(self, context):
+    self.layout.operator(INSTASCENE_OT_export_layout.bl_idname, text="InstaScene Splat Layout (.ply)")
+
+
+CLASSES = (
+    INSTASCENE_OT_import_scene, INSTASCENE_OT_materialize, INSTASCENE_OT_export_layout,
+    INSTASCENE_OT_set_display, INSTASCENE_OT_connect, INSTASCENE_OT_start_backend,
+    INSTASCENE_OT_segment, INSTASCENE_OT_complete, INSTASCENE_OT_run, INSTASCENE_OT_cancel,
+)
