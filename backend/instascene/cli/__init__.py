@@ -14,7 +14,7 @@ COMMANDS = (info, synth, segment, eval, serve, bench, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="instascene", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="instascene", description="InstaScene backend: 2DGS scenes in, complete object instances out.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.add_parser(sub)
