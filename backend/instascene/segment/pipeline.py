@@ -74,10 +74,11 @@ class Stages:
         self.done += self.WEIGHTS[self.stage]
 
 
-def segment_scene(scene_path, run_dir, params: SegmentParams = SegmentParams(), device: str = "auto",
+def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, device: str = "auto",
                   report=None, quiet: bool = False) -> dict:
     import torch
 
+    params = params or SegmentParams()
     from ..render import ContributionCache, Gaussians, View, contributions
 
     run = Path(run_dir)
