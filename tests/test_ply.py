@@ -353,3 +353,16 @@ def test_overwrite_replaces_atomically(tmp_path):
 def test_huge_declared_count_is_truncation_not_memory_error(tmp_path):
     p = raw_ply(tmp_path / "huge.ply", MIN_3DGS, np.ones((2, len(MIN_3DGS))), count=10**15)
     expect_error(p, "truncated", "found 112")
+
+
+def test_written_files_have_ordinary_permissions(tmp_path):
+    """atomic_write's temporary file is private (mkstemp); the result must not stay so."""
+    import os
+
+    from instascene.io.atomic import atomic_write
+
+    with atomic_write(tmp_path / "f.bin") as f:
+        f.write(b"x")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~mask

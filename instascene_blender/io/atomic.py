@@ -14,6 +14,8 @@ def atomic_write(path, mode: str = "wb"):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0o600; written files are ordinary files (POSIX)
+            os.fchmod(fd, 0o644)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
