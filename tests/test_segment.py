@@ -121,15 +121,23 @@ def test_instances_match_the_objects(segmented):
     assert result.miou >= 0.5, result.iou
 
 
-def test_segment_cli_reports_missing_masks(tmp_path, segmented):
+def test_scene_without_masks_uses_the_fallback_and_says_so(tmp_path, segmented):
     import shutil
 
     scene, _, _ = segmented
     bare = tmp_path / "bare"
     shutil.copytree(scene, bare, ignore=shutil.ignore_patterns("sam", "gt"))
-    r = subprocess.run([sys.executable, "-m", "instascene", "segment", str(bare), "--out", str(tmp_path / "r")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "no 2D masks" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "instascene", "segment", str(bare), "--out", str(tmp_path / "r"),
+                        "--iterations", "50"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "masks:" in r.stdout and json.loads(r.stdout[r.stdout.index("{"):])["mask_source"] == "fallback"
+    assert np.load(tmp_path / "r" / "labels.npy").shape == (len(read_ply(bare / "point_cloud.ply")),)
+
+
+def test_segment_cli_errors_are_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "instascene", "segment", str(tmp_path / "nope"), "--out",
+                        str(tmp_path / "r"), "--weights", str(tmp_path / "w")], capture_output=True, text=True)
+    assert r.returncode == 2 and "error" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_click_queries_find_the_instance(segmented):

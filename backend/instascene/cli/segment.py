@@ -12,6 +12,8 @@ def add_parser(sub) -> None:
     p.add_argument("--criterion", choices=["transmittance", "crossing", "weight"], default=None,
                    help="pairs that make a mask's Gaussian set for association (default: crossing)")
     p.add_argument("--threshold", type=float, default=None, help="feature match threshold (default 0.9)")
+    p.add_argument("--weights", default=None,
+                   help="local SAM weights folder (transformers layout), used when the scene has no sam/mask")
     p.set_defaults(func=run)
 
 
@@ -43,6 +45,6 @@ def run(args) -> int:
     from ..segment.pipeline import segment_scene
 
     params = params_from({"iterations": args.iterations, "criterion": args.criterion, "threshold": args.threshold})
-    summary = segment_scene(args.scene, args.out, params, device=args.device)
+    summary = segment_scene(args.scene, args.out, params, device=args.device, weights=args.weights)
     print(json.dumps(summary, indent=2))
     return 0

@@ -9,4 +9,6 @@ def run(scene, run, options, progress):
 
     options = dict(options or {})
     device = options.pop("device", "auto")
-    return segment_scene(scene, run, params_from(options), device=device, report=progress, quiet=True)
+    weights = options.pop("weights", None)
+    return segment_scene(scene, run, params_from(options), device=device, report=progress, quiet=True,
+                         weights=weights)

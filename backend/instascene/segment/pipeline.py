@@ -75,7 +75,7 @@ class Stages:
 
 
 def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, device: str = "auto",
-                  report=None, quiet: bool = False) -> dict:
+                  report=None, quiet: bool = False, weights: str | None = None) -> dict:
     import torch
 
     params = params or SegmentParams()
@@ -85,15 +85,13 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     scene = load_scene(scene_path)
     splats = scene.require_splats()
     cams = scene.require_cameras()
-    label_maps = [scene.mask(c.name) for c in cams]
-    if all(m is None for m in label_maps):
-        raise InstaSceneError("no 2D masks: put label maps in sam/mask/<image>.png (see README, 'masks')", scene.root)
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     if dev == "cuda" and not torch.cuda.is_available():
         raise InstaSceneError("--device cuda requested but CUDA is not available")
     st = Stages(report, quiet)
     g = Gaussians.from_splats(splats, device=dev)
     views = [View.from_camera(c, device=dev) for c in cams]
+    mask_source, mask_why, label_maps = _label_maps(scene, cams, g, views, weights, quiet)
 
     st.start("rasterize", len(views))
     contribs = []
@@ -135,9 +133,37 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     st.start("write")
     summary = write_run(run, scene, splats, labels, feats.cpu().numpy(), params, tracks, coarse, is_bg)
     st.end()
+    summary["mask_source"] = mask_source
+    summary["mask_source_detail"] = mask_why
     summary["timing_s"] = st.times
     _write_json(run / "segment.json", summary)
     return summary
+
+
+def _label_maps(scene, cams, g, views, weights, quiet):
+    """The 2D masks to segment with: the scene's sam/mask, else SAM from a local weights
+    folder, else the weight-free fallback (colour graph segmentation cut at rendered
+    depth edges). The user is told which."""
+    import torch
+
+    from ..render import rasterize
+    from .mask_sources import describe_source, fallback_label_maps, sam_label_maps
+
+    source, why = describe_source(scene, weights)
+    if not quiet:
+        print(why)
+    if source == "scene":
+        return source, why, [scene.mask(c.name) for c in cams]
+    images, depths = [], []
+    for c, v in zip(cams, views):
+        with torch.no_grad():
+            out = rasterize(g, v, background=torch.zeros(3, device=g.means.device))
+        images.append(scene.image(c.name) if c.name in scene.image_paths
+                      else (out.rgb.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8))
+        depths.append(out.median_depth.cpu().numpy())
+    if source == "sam":
+        return source, why, sam_label_maps(images, weights)
+    return source, why, fallback_label_maps(images, depths)
 
 
 def _filter_undersegmented(label_maps, tracks, under):
