@@ -11,7 +11,9 @@ import time
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="speed benchmarks (raster, segment)")
-    p.add_argument("what", choices=["raster", "segment"], help="which benchmark")
+    p.add_argument("what", choices=["raster", "segment", "ablation"], help="which benchmark")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="ablation: built-in scene seeds")
+    p.add_argument("--cache", default=None, help="ablation: folder to keep generated scenes in")
     p.add_argument("--scene", help="segment: scene folder (default: generate the built-in scene)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per row (median reported)")
     p.add_argument("--gaussians", type=int, default=10_000, help="Gaussians for the CPU rows")
@@ -133,6 +135,39 @@ def segment_bench(scene: str | None) -> int:
     return 0
 
 
+def ablation_bench(seeds, cache: str | None) -> int:
+    """mIoU of each segmentation variant on built-in scenes, as a markdown table."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..io.scene import load_scene
+    from ..render import Gaussians, View, contributions
+    from ..segment.ablation import VARIANTS, ablate
+    from ..synth.generate import SynthOptions, generate_scene
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(cache or tmp)
+        rows = []
+        for seed in seeds:
+            folder = root / f"scene_{seed}"
+            if not (folder / "synth.json").exists():
+                generate_scene(folder, SynthOptions(seed=seed), force=True)
+            scene = load_scene(folder)
+            g = Gaussians.from_splats(scene.splats)
+            contribs = [contributions(g, View.from_camera(c), None) for c in scene.cameras]
+            scores = ablate(scene, contribs, np.load(folder / "gt" / "gaussian_instances.npy"))
+            rows.append((seed, scores))
+            print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
+    print("| variant | " + " | ".join(f"seed {s}" for s, _ in rows) + " | mean |")
+    print("|---|" + "---|" * (len(rows) + 1))
+    for v in VARIANTS:
+        vals = [r[v] for _, r in rows]
+        print(f"| {v} | " + " | ".join(f"{x:.3f}" for x in vals) + f" | {np.mean(vals):.3f} |")
+    return 0
+
+
 def run(args) -> int:
     import torch
 
@@ -140,6 +175,8 @@ def run(args) -> int:
 
     if args.what == "segment":
         return segment_bench(args.scene)
+    if args.what == "ablation":
+        return ablation_bench(args.seeds, args.cache)
     width, height = (int(v) for v in args.size.lower().split("x"))
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"

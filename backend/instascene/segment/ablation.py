@@ -1,0 +1,92 @@
+"""What each step of the segmentation buys, on built-in scenes (`instascene bench ablation`).
+
+Every variant reuses one rasterization of the scene and is scored with the one-to-one
+mIoU on Gaussians:
+
+  naive      lift each raw mask to its Gaussians, link masks whose Gaussian sets overlap
+             (IoU > 0.5) across views, no consensus; each Gaussian takes the majority group
+  paper      view consensus on T > 0.5 pairs as the official code, then the dense vote
+  crossing   consensus on the 0.5-crossing Gaussian, 1-px mask boundary ignored, vote
+  + plane    + the support plane as background
+  full       + the contrastive feature field (the shipped pipeline)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from ..eval.metrics import hungarian_miou
+from ..io.rotations import quat_to_rotmat
+from .consensus import cluster_masks, view_consensus
+from .features import FeatureParams, train_features
+from .instances import InstanceParams, assign_instances, background_instances, dominant_plane, on_support_plane
+from .postprocess import coarse_instances, consistent_label_maps, scene_eps, vote_labels
+from .tracker import track_masks
+
+VARIANTS = ("naive", "paper", "crossing", "+ plane", "full")
+
+
+def _naive(tracks, flat) -> np.ndarray:
+    A = tracks.A
+    inter = (A @ A.T).tocoo()
+    size = tracks.sizes()
+    iou = inter.data / (size[inter.row] + size[inter.col] - inter.data)
+    link = (iou > 0.5) & (inter.row != inter.col)
+    g = sp.csr_matrix((np.ones(link.sum()), (inter.row[link], inter.col[link])), shape=(tracks.n_masks,) * 2)
+    _, group = connected_components(g, directed=False)
+    votes = (A.T @ sp.csr_matrix((np.ones(tracks.n_masks), (np.arange(tracks.n_masks), group)))).tocsr()
+    labels = np.asarray(votes.argmax(axis=1)).ravel()
+    labels[np.asarray(votes.sum(axis=1)).ravel() == 0] = -1
+    # groups that are mostly flat support-plane Gaussians are background
+    for k in np.unique(labels[labels >= 0]):
+        if flat[labels == k].mean() > 0.5:
+            labels[labels == k] = -1
+    labels[flat] = -1
+    return labels
+
+
+def ablate(scene, contribs, gt: np.ndarray, feature_iterations: int = 1000) -> dict[str, float]:
+    """mIoU of every variant for one scene (`contribs`: all pairs of every camera)."""
+    from ..render import ContributionCache, View
+    from .pipeline import _filter_undersegmented
+
+    cams = scene.cameras
+    names = [c.name for c in cams]
+    maps = [scene.mask(c.name) for c in cams]
+    means = scene.splats.means.astype(np.float64)
+    eps = scene_eps(means, 10.0)
+    plane = dominant_plane(means, eps / 2)
+    normals = quat_to_rotmat(scene.splats.to_2dgs().unit_quats().astype(np.float64))[:, :, 2]
+    flat = on_support_plane(means, normals, eps / 5, plane)
+    ip = InstanceParams()
+    out = {"naive": hungarian_miou(_naive(track_masks(contribs, names, maps, "transmittance", 50), flat), gt).miou}
+
+    def associate(criterion, boundary):
+        tracks = track_masks(contribs, names, maps, criterion, 50, boundary)
+        cons = view_consensus(tracks)
+        inst = coarse_instances(cluster_masks(tracks, cons), tracks, cons, means)
+        is_bg = background_instances(inst, means, eps / 2, ip, plane)
+        consistent = consistent_label_maps(inst, tracks, maps)
+        return tracks, cons, is_bg, consistent, vote_labels(contribs, consistent, len(inst))
+
+    def objects_only(coarse, is_bg):
+        return np.where((coarse >= 0) & ~is_bg[np.maximum(coarse, 0)], coarse, -1)
+
+    _, _, is_bg, _, coarse = associate("transmittance", 0)
+    out["paper"] = hungarian_miou(objects_only(coarse, is_bg), gt).miou
+    tracks, cons, is_bg, consistent, coarse = associate("crossing", 1)
+    labels = objects_only(coarse, is_bg)
+    out["crossing"] = hungarian_miou(labels, gt).miou
+    labels[flat] = -1
+    out["+ plane"] = hungarian_miou(labels, gt).miou
+    views = [View.from_camera(c) for c in cams]
+    cache = ContributionCache.from_contributions(views, contribs)
+    feats = train_features(cache, _filter_undersegmented(maps, tracks, cons.undersegmented), consistent, coarse,
+                           [np.asarray(tracks.W[f].indices) for f in range(len(views))],
+                           FeatureParams(iterations=feature_iterations))
+    labels = assign_instances(feats, coarse, is_bg, means, ip)
+    labels[flat] = -1
+    out["full"] = hungarian_miou(labels, gt).miou
+    return out
