@@ -144,7 +144,7 @@ def ablation_bench(seeds, cache: str | None) -> int:
 
     from ..io.scene import load_scene
     from ..render import Gaussians, View, contributions
-    from ..segment.ablation import VARIANTS, ablate
+    from ..segment.ablation import FEATURE_VARIANTS, VARIANTS, ablate
     from ..synth.generate import SynthOptions, generate_scene
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,12 +157,12 @@ def ablation_bench(seeds, cache: str | None) -> int:
             scene = load_scene(folder)
             g = Gaussians.from_splats(scene.splats)
             contribs = [contributions(g, View.from_camera(c), None) for c in scene.cameras]
-            scores = ablate(scene, contribs, np.load(folder / "gt" / "gaussian_instances.npy"))
+            scores = ablate(scene, contribs, np.load(folder / "gt" / "gaussian_instances.npy"), feature_iterations=500)
             rows.append((seed, scores))
             print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
     print("| variant | " + " | ".join(f"seed {s}" for s, _ in rows) + " | mean |")
     print("|---|" + "---|" * (len(rows) + 1))
-    for v in VARIANTS:
+    for v in VARIANTS + FEATURE_VARIANTS:
         vals = [r[v] for _, r in rows]
         print(f"| {v} | " + " | ".join(f"{x:.3f}" for x in vals) + f" | {np.mean(vals):.3f} |")
     return 0
