@@ -166,3 +166,18 @@ def test_click_queries_find_the_instance(segmented):
         pix = int(drawn[len(drawn) // 2])
         hit = gaussian_at_pixel(gs, view, pix % view.width, pix // view.width)
         assert hit is not None and labels[hit] == k
+
+
+def test_query_cli_answers_a_3d_click(segmented):
+    scene, run, _ = segmented
+    labels = np.load(run / "labels.npy")
+    k = int(np.bincount(labels[labels >= 0]).argmax())
+    centre = read_ply(scene / "point_cloud.ply").means[labels == k].mean(0)
+    r = subprocess.run([sys.executable, "-m", "instascene", "query", str(run), "--point", *map(str, centre)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["instance"] == labels[out["gaussian"]] and out["instance_gaussians"] == int((labels == out["instance"]).sum())
+    r = subprocess.run([sys.executable, "-m", "instascene", "query", str(run), "--pixel", "1", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--view" in r.stderr and "Traceback" not in r.stderr
