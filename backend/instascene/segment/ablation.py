@@ -27,7 +27,7 @@ from ..io.rotations import quat_to_rotmat
 from .consensus import cluster_masks, view_consensus
 from .features import FeatureParams, train_features
 from .instances import InstanceParams, assign_instances, background_instances, dominant_plane, on_support_plane
-from .postprocess import coarse_instances, consistent_label_maps, scene_eps, vote_labels
+from .postprocess import PostParams, coarse_instances, consistent_label_maps, vote_labels
 from .tracker import track_masks
 
 VARIANTS = ("naive", "paper", "crossing", "+ plane", "full")
@@ -76,7 +76,7 @@ def ablate(scene, contribs, gt: np.ndarray, feature_iterations: int = 1000, loss
     names = [c.name for c in cams]
     maps = [scene.mask(c.name) for c in cams]
     means = scene.splats.means.astype(np.float64)
-    eps = scene_eps(means, 10.0)
+    eps = PostParams().scale(means)
     plane = dominant_plane(means, eps / 2)
     normals = quat_to_rotmat(scene.splats.to_2dgs().unit_quats().astype(np.float64))[:, :, 2]
     flat = on_support_plane(means, normals, eps / 5, plane)
@@ -86,7 +86,7 @@ def ablate(scene, contribs, gt: np.ndarray, feature_iterations: int = 1000, loss
     def associate(criterion, boundary):
         tracks = track_masks(contribs, names, maps, criterion, 50, boundary)
         cons = view_consensus(tracks)
-        inst = coarse_instances(cluster_masks(tracks, cons), tracks, cons, means)
+        inst = coarse_instances(cluster_masks(tracks, cons), tracks, cons, means, eps=eps)
         is_bg = background_instances(inst, means, eps / 2, ip, plane)
         consistent = consistent_label_maps(inst, tracks, maps)
         return tracks, cons, is_bg, consistent, vote_labels(contribs, consistent, len(inst))

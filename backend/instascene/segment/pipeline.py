@@ -25,7 +25,7 @@ from .consensus import ConsensusParams, cluster_masks, view_consensus
 from .features import FeatureParams, train_features
 from ..io.rotations import quat_to_rotmat
 from .instances import InstanceParams, assign_instances, background_instances, dominant_plane, on_support_plane
-from .postprocess import PostParams, coarse_instances, consistent_label_maps, scene_eps, vote_labels
+from .postprocess import PostParams, coarse_instances, consistent_label_maps, vote_labels
 from .tracker import track_masks
 
 
@@ -109,8 +109,8 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     means = splats.means.astype(np.float64)
     cons = view_consensus(tracks, params.consensus)
     nodes = cluster_masks(tracks, cons, params.consensus)
-    coarse = coarse_instances(nodes, tracks, cons, means, params.post)
-    eps = params.post.dbscan_eps or scene_eps(means, params.post.dbscan_spacing_factor)
+    eps = params.post.scale(means)
+    coarse = coarse_instances(nodes, tracks, cons, means, params.post, eps)
     plane = dominant_plane(means, eps / 2)
     is_bg = background_instances(coarse, means, eps / 2, params.instances, plane)
     consistent = consistent_label_maps(coarse, tracks, label_maps)

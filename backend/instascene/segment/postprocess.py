@@ -33,6 +33,11 @@ class PostParams:
     dbscan_eps: float | None = None  # None: derived from the scene (dbscan_spacing_factor × median NN spacing)
     dbscan_spacing_factor: float = 10.0
 
+    def scale(self, means: np.ndarray) -> float:
+        """The scene's length scale: `dbscan_eps`, or the factor × median point spacing.
+        DBSCAN uses it as is; the support-plane tests use fractions of it."""
+        return self.dbscan_eps if self.dbscan_eps is not None else scene_eps(means, self.dbscan_spacing_factor)
+
 
 @dataclass
 class Instance:
@@ -130,8 +135,9 @@ def _drop_contained(parts, ratio: float):
 
 
 def coarse_instances(nodes: list[Node], t: MaskTracks, cons: Consensus, means: np.ndarray,
-                     p: PostParams = PostParams()) -> list[Instance]:
-    eps = p.dbscan_eps if p.dbscan_eps is not None else scene_eps(means, p.dbscan_spacing_factor)
+                     p: PostParams = PostParams(), eps: float | None = None) -> list[Instance]:
+    """`eps`: the DBSCAN radius, `p.scale(means)` unless the caller already has it."""
+    eps = p.scale(means) if eps is None else eps
     parts = []
     for node in nodes:
         if len(node.masks) >= p.min_masks:
