@@ -1,0 +1,141 @@
+"""What the real cameras say about each object: visible surface, free space, occlusion.
+
+Every real view is rasterized once with the whole scene; per pixel we keep the depth
+and the instance of the Gaussian where transmittance crosses 0.5 (the visible surface,
+the tracker's criterion). From these maps alone:
+
+  * `carve`: a voxel grid over an object, each voxel free (some camera looked through
+    it and saw something farther), observed (at the object's own visible surface) or
+    unseen — the occlusion-aware visual hull: a voxel is only carved with free-space
+    evidence, so what hides behind another object stays, as InstaScene's unseen grid;
+  * `camera_scores`: per real camera, the share of the object's projected volume that
+    the camera sees unoccluded (InstaScene's `filter_occ_cam`, on the voxel grid instead
+    of a mesh): the best cameras condition the fine-tune.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+NOTHING = -2  # label of a pixel where nothing crosses T = 0.5
+
+
+@dataclass
+class SceneEvidence:
+    cameras: list  # io.cameras.Camera
+    depth: list[np.ndarray]  # [H, W] float32 camera z of the visible surface, inf where empty
+    label: list[np.ndarray]  # [H, W] int32 instance of the visible surface, -1 background, NOTHING empty
+
+
+def scene_evidence(splats, labels: np.ndarray, cameras, device: str = "cpu", progress=None) -> SceneEvidence:
+    """Rasterize every real camera once: visible depth and instance per pixel."""
+    from ..render import Gaussians, View
+    from ..render.rasterize import selection_mask, view_fragments
+
+    g = Gaussians.from_splats(splats, device=device)
+    lab = torch.as_tensor(labels, dtype=torch.int64, device=device)
+    depths, maps = [], []
+    for i, cam in enumerate(cameras):
+        n = cam.width * cam.height
+        depth = torch.full((n,), float("inf"), device=device)
+        label = torch.full((n,), NOTHING, dtype=torch.int64, device=device)
+        with torch.no_grad():
+            for _, fr in view_fragments(g, View.from_camera(cam, device=device)):
+                keep = selection_mask("crossing", fr.transmittance, fr.weight)
+                depth[fr.pixel[keep]] = fr.depth[keep].float()
+                label[fr.pixel[keep]] = lab[fr.gaussian[keep]]
+        depths.append(depth.reshape(cam.height, cam.width).cpu().numpy())
+        maps.append(label.reshape(cam.height, cam.width).int().cpu().numpy())
+        if progress:
+            progress(i + 1, len(cameras), cam.name)
+    return SceneEvidence(list(cameras), depths, maps)
+
+
+@dataclass
+class Grid:
+    """An axis-aligned voxel grid: voxel (i, j, k) has its centre at origin + (ijk + ½)·size."""
+
+    origin: np.ndarray  # [3]
+    size: float
+    shape: tuple[int, int, int]
+
+    def centers(self) -> np.ndarray:
+        ii = [np.arange(n) + 0.5 for n in self.shape]
+        g = np.stack(np.meshgrid(*ii, indexing="ij"), axis=-1).reshape(-1, 3)
+        return self.origin + g * self.size
+
+    def index(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Voxel index (flat) of each point, and whether it lies inside the grid."""
+        ijk = np.floor((points - self.origin) / self.size).astype(np.int64)
+        inside = np.all((ijk >= 0) & (ijk < np.array(self.shape)), axis=1)
+        ijk = np.clip(ijk, 0, np.array(self.shape) - 1)
+        return np.ravel_multi_index(ijk.T, self.shape), inside
+
+    @classmethod
+    def around(cls, lo: np.ndarray, hi: np.ndarray, resolution: int) -> "Grid":
+        """A grid of cubic voxels covering [lo, hi], `resolution` voxels along the longest side."""
+        size = float(np.max(hi - lo)) / resolution
+        shape = tuple(int(n) for n in np.maximum(2, np.ceil((hi - lo) / size - 1e-9)).astype(int))
+        return cls(np.asarray(lo, dtype=np.float64), size, shape)
+
+
+@dataclass
+class Carving:
+    grid: Grid
+    free: np.ndarray  # [X, Y, Z] int16: cameras that saw through the voxel
+    surface: np.ndarray  # [X, Y, Z] int16: cameras that saw the object's own surface in it
+    in_view: np.ndarray  # [X, Y, Z] int16: cameras whose image contains the voxel
+
+
+def project(cam, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel column, row (integers, may be out of the image) and camera z of points."""
+    Xc = points @ cam.world_to_camera[:3, :3].T + cam.world_to_camera[:3, 3]
+    z = Xc[:, 2]
+    zs = np.where(z > 1e-9, z, 1e-9)
+    u = np.floor(cam.fx * Xc[:, 0] / zs + cam.cx).astype(np.int64)
+    v = np.floor(cam.fy * Xc[:, 1] / zs + cam.cy).astype(np.int64)
+    return u, v, z
+
+
+def carve(ev: SceneEvidence, instance: int, grid: Grid, margin: float) -> Carving:
+    """Count, per voxel, the cameras that show free space through it (the visible surface
+    lies more than `margin` behind it, the pixel is empty, or another surface than this
+    instance's is seen within `margin` of it) and those that show this instance's own
+    surface within `margin` of it. Voxels hidden behind anything get no vote."""
+    pts = grid.centers()
+    free = np.zeros(len(pts), np.int16)
+    surf = np.zeros(len(pts), np.int16)
+    seen = np.zeros(len(pts), np.int16)
+    for cam, depth, label in zip(ev.cameras, ev.depth, ev.label):
+        u, v, z = project(cam, pts)
+        ok = (z > 1e-6) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+        idx = np.flatnonzero(ok)
+        d = depth[v[idx], u[idx]]
+        lab = label[v[idx], u[idx]]
+        seen[idx] += 1
+        zi = z[idx]
+        # free: the visible surface lies behind the voxel, or something else is seen right
+        # at it (the table under an object's edge would otherwise never carve that layer)
+        free[idx[(zi < d - margin) | ((lab != instance) & (d >= zi - margin))]] += 1
+        surf[idx[(np.abs(z[idx] - d) <= margin) & (lab == instance)]] += 1
+    sh = grid.shape
+    return Carving(grid, free.reshape(sh), surf.reshape(sh), seen.reshape(sh))
+
+
+def camera_scores(ev: SceneEvidence, instance: int, points: np.ndarray, margin: float) -> np.ndarray:
+    """Per real camera: of the object's `points` inside its image, the share it sees
+    unoccluded — the visible surface at the point's pixel is this instance, or lies
+    behind the point. 0 for a camera that does not frame the object at all."""
+    scores = np.zeros(len(ev.cameras))
+    for c, (cam, depth, label) in enumerate(zip(ev.cameras, ev.depth, ev.label)):
+        u, v, z = project(cam, points)
+        ok = (z > 1e-6) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+        if not ok.any():
+            continue
+        d, lab = depth[v[ok], u[ok]], label[v[ok], u[ok]]
+        clear = (lab == instance) | (d > z[ok] - margin)
+        scores[c] = clear.mean() * ok.mean()
+    return scores

@@ -1,0 +1,98 @@
+"""The generator's view ring around one object, and what the object looks like on it.
+
+InstaScene's rig (method.md §5, the SyncDreamer/MVDFusion/Zero123 one): 16 views,
+azimuth 0…337.5° in 22.5° steps about the object's up axis, elevation 30°, 256²,
+fx = fy = 280 (FoV ≈ 49.1°), at 3 × the bounding radius; view 0 faces the object
+from the azimuth of a chosen real camera, so generated views line up with the scene.
+
+Each ring view is rasterized once (every composited pair kept) into a
+`ContributionCache`; colour, coverage, depth, normals and "how much of this pixel is
+observed" are then sparse products, and the fine-tune reuses the same cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..io.cameras import Camera, intrinsics, look_at
+
+
+@dataclass
+class RingParams:
+    count: int = 16
+    elevation_deg: float = 30.0
+    size: int = 256
+    focal: float = 280.0
+    distance: float = 3.0  # x bounding radius
+
+
+def ring_cameras(center: np.ndarray, radius: float, up: np.ndarray, facing: np.ndarray, p: RingParams,
+                 elevation_deg: float | None = None, prefix: str = "ring") -> tuple[list[Camera], np.ndarray]:
+    """The ring's cameras and their azimuths (degrees); azimuth 0 lies towards `facing`
+    (a point, e.g. a real camera's centre) seen from `center` about `up`."""
+    up = up / np.linalg.norm(up)
+    a = np.asarray(facing, dtype=np.float64) - center
+    a -= (a @ up) * up
+    if np.linalg.norm(a) < 1e-9:
+        a = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
+    a /= np.linalg.norm(a)
+    b = np.cross(up, a)
+    el = np.deg2rad(p.elevation_deg if elevation_deg is None else elevation_deg)
+    K = intrinsics(p.focal, p.focal, p.size / 2, p.size / 2)
+    az = np.arange(p.count) * 360.0 / p.count
+    cams = []
+    for i, deg in enumerate(az):
+        t = np.deg2rad(deg)
+        eye = center + p.distance * radius * (np.cos(el) * (np.cos(t) * a + np.sin(t) * b) + np.sin(el) * up)
+        cams.append(Camera(f"{prefix}_{i:02d}", p.size, p.size, K.copy(), look_at(eye, center, up)))
+    return cams, az
+
+
+@dataclass
+class RingRenders:
+    """The completed object (observed + new Gaussians) on the ring, as arrays [V, H, W, ...]."""
+
+    rgb: np.ndarray  # white background
+    alpha: np.ndarray
+    depth: np.ndarray  # camera z (centre depths blended, / alpha); 0 where alpha < 0.5
+    normals: np.ndarray  # world, unit where covered
+    observed: np.ndarray  # share of the pixel's weight coming from observed Gaussians
+
+
+def view_caches(splats, cameras, device: str = "cpu"):
+    """(Gaussians, ContributionCache) of `splats` seen by `cameras`."""
+    from ..render import ContributionCache, Gaussians, View
+
+    g = Gaussians.from_splats(splats, device=device)
+    views = [View.from_camera(c, device=device) for c in cameras]
+    return g, ContributionCache.build(g, views)
+
+
+def render_cached(g, cache, cameras, colors: torch.Tensor, is_observed: torch.Tensor) -> RingRenders:
+    """Everything the completion needs from each cached view in one sparse product."""
+    from ..render.surfels import quat_to_rotmat
+
+    normals = quat_to_rotmat(g.quats)[:, :, 2]
+    out = {k: [] for k in ("rgb", "alpha", "depth", "normals", "observed")}
+    for i, cam in enumerate(cameras):
+        w2c = torch.as_tensor(cam.world_to_camera, dtype=g.means.dtype, device=g.means.device)
+        z = g.means @ w2c[2, :3] + w2c[2, 3]
+        to_cam = torch.as_tensor(cam.center, dtype=g.means.dtype, device=g.means.device) - g.means
+        facing = torch.where((to_cam * normals).sum(1, keepdim=True) >= 0, 1.0, -1.0)
+        n = normals * facing  # surfels are two-sided: the side the camera sees
+        feats = torch.cat([colors, torch.ones_like(z)[:, None], z[:, None], n, is_observed[:, None]], dim=1)
+        with torch.no_grad():
+            r = cache.render(i, feats).cpu().numpy()
+        a = r[..., 3]
+        cov = a > 0.5
+        safe = np.maximum(a, 1e-8)
+        out["rgb"].append(np.clip(r[..., :3] + (1 - a[..., None]), 0, 1))
+        out["alpha"].append(a)
+        out["depth"].append(np.where(cov, r[..., 4] / safe, 0.0))
+        nn = r[..., 5:8]
+        out["normals"].append(nn / np.maximum(np.linalg.norm(nn, axis=-1, keepdims=True), 1e-8))
+        out["observed"].append(np.where(a > 1e-6, r[..., 8] / safe, 0.0))
+    return RingRenders(*(np.stack(out[k]).astype(np.float32) for k in ("rgb", "alpha", "depth", "normals", "observed")))

@@ -1,0 +1,218 @@
+"""The closed shape of an object from the evidence, and new surfels where it was unseen.
+
+The geometric half of completion, shared by both generators: the occlusion-aware
+visual hull (evidence.carve) inside a box around the observed Gaussians reaching down
+to the support plane, cut at that plane, kept away from the other objects, restricted
+to the parts connected to the observed surface. Its boundary is the object's surface
+where no camera looked: measured (generation.md §5) close to screened Poisson on
+partial scans and, unlike Poisson, it never bulges into space a camera saw empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from ..io.splats import SH_C0, Splats
+from .evidence import Carving, Grid, SceneEvidence, carve
+
+
+@dataclass
+class ShapeParams:
+    resolution: int = 96  # voxels along the box's longest side
+    pad: float = 0.15  # box padding, as a share of the observed extent per side
+    margin_voxels: float = 1.0  # free-space and surface tolerance, in voxels
+    min_free: int = 2  # cameras that must see through a voxel to carve it
+    min_component: float = 0.05  # keep hull parts holding this share of the observed Gaussians
+    smooth_voxels: float = 0.7  # Gaussian smoothing of the occupancy before marching cubes
+    gap: float = 2.0  # new surfels only farther than gap x spacing from an observed one
+    max_new: int = 30000  # at most this many new surfels per object
+    opacity: float = 0.95
+    convex_prior: bool = True  # stay inside the convex hull of the observed surface and its shadow on the plane
+
+
+@dataclass
+class ClosedShape:
+    carving: Carving
+    occupancy: np.ndarray  # [X, Y, Z] bool: inside the closed object
+    vertices: np.ndarray  # [V, 3] world, the closed surface (marching cubes)
+    faces: np.ndarray  # [F, 3]
+    spacing: float  # observed surfel spacing (median nearest-neighbour distance)
+
+    @property
+    def grid(self) -> Grid:
+        return self.carving.grid
+
+
+def support_plane(background_means: np.ndarray, cameras, tol: float):
+    """The dominant plane of the background (table or floor), normal towards the cameras;
+    None when the background has too few points to hold one."""
+    from ..segment.instances import dominant_plane
+
+    if len(background_means) < 100:
+        return None
+    n, d = dominant_plane(background_means.astype(np.float64), tol)
+    centers = np.stack([c.center for c in cameras])
+    if np.median(centers @ n + d) < 0:
+        n, d = -n, -d
+    return n, d
+
+
+def surfel_spacing(means: np.ndarray) -> float:
+    if len(means) < 2:
+        return 1e-3
+    d, _ = cKDTree(means).query(means, k=2)
+    return float(np.median(d[:, 1]))
+
+
+def core_points(means: np.ndarray, spacing: float, link: float = 4.0, keep: float = 0.1) -> np.ndarray:
+    """Boolean mask of the object's body: the Gaussians in connected clumps (cells of
+    `link` x spacing, 26-connected) holding at least `keep` of the largest clump. Stray
+    Gaussians a segmentation attached far away would otherwise stretch the box."""
+    cell = link * max(spacing, 1e-9)
+    ijk = np.floor((means - means.min(0)) / cell).astype(np.int64)
+    shape = tuple(ijk.max(0) + 1)
+    if np.prod(shape) > 64_000_000:  # degenerate spread: fall back to percentiles
+        lo, hi = np.percentile(means, 2, axis=0), np.percentile(means, 98, axis=0)
+        return np.all((means >= lo) & (means <= hi), axis=1)
+    flat = np.ravel_multi_index(ijk.T, shape)
+    occ = np.zeros(int(np.prod(shape)), bool)
+    occ[flat] = True
+    comp, _ = ndimage.label(occ.reshape(shape), structure=np.ones((3, 3, 3)))
+    lab = comp.reshape(-1)[flat]
+    counts = np.bincount(lab)
+    counts[0] = 0
+    return counts[lab] >= keep * counts.max()
+
+
+def object_box(means: np.ndarray, plane, pad: float) -> tuple[np.ndarray, np.ndarray]:
+    """The observed extent padded by `pad` of it per side, reaching down to the plane
+    (the object's bottom rests there, unseen)."""
+    pts = means
+    if plane is not None:
+        n, d = plane
+        pts = np.concatenate([means, means - (means @ n + d)[:, None] * n[None]])
+    lo, hi = pts.min(0), pts.max(0)
+    ext = np.maximum(hi - lo, 1e-6)
+    return lo - pad * ext.max(), hi + pad * ext.max()
+
+
+def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.ndarray, plane,
+                p: ShapeParams) -> ClosedShape:
+    """Occlusion-aware visual hull of one instance, as occupancy and a closed surface."""
+    from skimage.measure import marching_cubes
+
+    spacing = surfel_spacing(means)
+    means = means[core_points(means, spacing)]
+    lo, hi = object_box(means, plane, p.pad)
+    grid = Grid.around(lo, hi, p.resolution)
+    carving = carve(ev, instance, grid, p.margin_voxels * grid.size)
+    occ = carving.free < p.min_free
+    centers = grid.centers()
+    # hard bounds as signed distances (voxels, > 0 outside): exact surfaces where they bind
+    bound = np.full(len(centers), -np.inf)
+    if plane is not None:
+        n, d = plane
+        bound = np.maximum(bound, -(centers @ n + d) / grid.size)
+    if p.convex_prior:
+        bound = np.maximum(bound, convex_extrusion_distance(centers, means, plane) / grid.size)
+    bound = bound.reshape(grid.shape)
+    occ &= bound < 0
+    if len(others):
+        idx, inside = grid.index(others)
+        taken = np.zeros(occ.size, bool)
+        taken[idx[inside]] = True
+        occ &= ~ndimage.binary_dilation(taken.reshape(grid.shape), iterations=1)
+    comp, _ = ndimage.label(occ)
+    own, inside = grid.index(means)
+    hits = np.bincount(comp.reshape(-1)[own[inside]], minlength=comp.max() + 1)
+    hits[0] = 0
+    occ = (hits >= p.min_component * max(hits.sum(), 1))[comp]
+    vol = ndimage.gaussian_filter(occ.astype(np.float32), p.smooth_voxels)
+    vol = np.minimum(vol, np.clip(0.5 - bound, 0.0, 1.0))  # level 0.5 exactly on a binding bound
+    vol = np.pad(vol, 2)
+    verts, faces, _, _ = marching_cubes(vol, 0.5)
+    verts = grid.origin + (verts - 2 + 0.5) * grid.size
+    return ClosedShape(carving, occ, verts, faces.astype(np.int64), spacing)
+
+
+def convex_extrusion_distance(points: np.ndarray, means: np.ndarray, plane) -> np.ndarray:
+    """Signed distance (> 0 outside, exact outside near faces) to the convex hull of the
+    observed Gaussians and their projections onto the support plane. Where no camera
+    could look (a gap closed in by neighbours) the visual hull alone cannot tell object
+    from air; an object on a table rarely reaches beyond the extrusion of what was seen
+    of it down to the table."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    pts = means
+    if plane is not None:
+        n, d = plane
+        pts = np.concatenate([means, means - (means @ n + d)[:, None] * n[None]])
+    try:
+        hull = ConvexHull(pts)
+    except (QhullError, ValueError):  # flat or too few points: no constraint
+        return np.full(len(points), -np.inf)
+    eq = hull.equations  # a·x + b <= 0 inside, |a| = 1
+    step = max(1, (1 << 24) // len(eq))  # bounded memory: chunks of points x faces
+    return np.concatenate([np.max(points[i:i + step] @ eq[:, :3].T + eq[:, 3], axis=1)
+                           for i in range(0, len(points), step)])
+
+
+def sample_faces(vertices: np.ndarray, faces: np.ndarray, spacing: float, max_points: int, seed: int = 0):
+    """Points about `spacing` apart on a triangle surface, with the face normals."""
+    tri = vertices[faces]
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    area = 0.5 * np.linalg.norm(cross, axis=1)
+    n = int(min(max_points, max(1, np.ceil(area.sum() / spacing**2))))
+    rng = np.random.default_rng(seed)
+    f = rng.choice(len(faces), n, p=area / area.sum())
+    r1, r2 = np.sqrt(rng.random(n)), rng.random(n)
+    pts = (1 - r1)[:, None] * tri[f, 0] + (r1 * (1 - r2))[:, None] * tri[f, 1] + (r1 * r2)[:, None] * tri[f, 2]
+    normals = cross[f] / np.maximum(2 * area[f], 1e-20)[:, None]
+    return pts, normals
+
+
+def idw_colors(src_points: np.ndarray, src_colors: np.ndarray, points: np.ndarray, k: int = 8) -> np.ndarray:
+    """Colour of each point from its k nearest sources, inverse-distance weighted."""
+    k = min(k, len(src_points))
+    d, i = cKDTree(src_points).query(points, k=k)
+    d, i = d.reshape(len(points), k), i.reshape(len(points), k)
+    w = 1.0 / np.maximum(d, 1e-9)
+    return (src_colors[i] * w[..., None]).sum(1) / w.sum(1, keepdims=True)
+
+
+def unseen_surfels(shape: ClosedShape, observed: Splats, p: ShapeParams, seed: int = 0) -> Splats:
+    """New 2DGS surfels on the closed surface where no observed surfel lies, about one
+    per observed spacing, coloured from the nearest observed surfels (a starting point
+    the fine-tune refines)."""
+    from ..io.rotations import rotmat_to_quat
+    from ..synth.surfels import tangent_frames
+
+    spacing = shape.spacing
+    pts, normals = sample_faces(shape.vertices, shape.faces, spacing, p.max_new, seed)
+    d, _ = cKDTree(observed.means).query(pts)
+    far = d > p.gap * max(spacing, 0.5 * shape.grid.size)
+    pts, normals = pts[far], normals[far]
+    n = len(pts)
+    colors = idw_colors(observed.means.astype(np.float64), observed.base_colors().astype(np.float64), pts)
+    sigma = np.full(n, 0.9 * spacing)
+    return Splats(
+        means=pts.astype(np.float32),
+        quats=rotmat_to_quat(tangent_frames(normals)).astype(np.float32),
+        log_scales=np.repeat(np.log(sigma)[:, None], 2, axis=1).astype(np.float32),
+        opacity_logits=np.full(n, np.log(p.opacity / (1 - p.opacity)), np.float32),
+        sh_dc=((colors - 0.5) / SH_C0).astype(np.float32),
+        sh_rest=np.zeros((n, observed.sh_rest.shape[1], 3), np.float32),
+        extra={k: np.zeros(n, v.dtype) for k, v in observed.extra.items()},
+    )
+
+
+def concat_splats(a: Splats, b: Splats) -> Splats:
+    """`a` then `b` in one set (same SH degree; extras present in both are kept)."""
+    keys = set(a.extra) & set(b.extra)
+    cat = lambda f: np.concatenate([getattr(a, f), getattr(b, f)])  # noqa: E731
+    return Splats(cat("means"), cat("quats"), cat("log_scales"), cat("opacity_logits"), cat("sh_dc"),
+                  cat("sh_rest"), {k: np.concatenate([a.extra[k], b.extra[k]]) for k in keys})
