@@ -170,8 +170,8 @@ def test_capabilities(server):
         assert caps["device"]["gpu"]["name"] and caps["device"]["gpu"]["memory_total_bytes"] > 0
     assert caps["versions"]["instascene"] and caps["versions"]["torch"]
     assert caps["weights"] == {**caps["weights"], "configured": False, "found": False}
-    assert caps["jobs"]["kinds"] == ["validate", "render", "segment"]
-    assert caps["jobs"]["unavailable"]["complete"] == "completion is not available in this version"
+    assert caps["jobs"]["kinds"] == ["validate", "render", "segment", "complete", "run"]
+    assert caps["jobs"]["unavailable"] == {}
     assert caps["data_roots"] == [str(server.data.resolve())]
     assert caps["limits"]["upload_bytes"] == MAX_UPLOAD
 
@@ -295,10 +295,9 @@ def test_bad_requests(server, data, tmp_path):
     assert r.status_code == 422 and "'validate'" in r.json()["detail"]
     r = server.client.post("/jobs", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
-    for kind, word in (("complete", "completion"), ("run", "full run")):
-        r = server.client.post("/jobs", json={"kind": kind, "scene": "small", "run": "runs/seg"})
-        assert r.status_code == 501 and r.json()["detail"] == jobs.NOT_AVAILABLE[kind]
-        assert word in r.json()["detail"]
+    # completion of a folder that segmentation never wrote: a failed job that says why
+    job = server.wait(server.submit("complete", None, "runs/never-segmented"))
+    assert job["state"] == "failed" and "not a run folder" in job["error"] and "instascene segment" in job["error"]
 
 
 def test_path_escapes(server, data, tmp_path):

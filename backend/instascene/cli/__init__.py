@@ -8,9 +8,9 @@ import argparse
 import sys
 
 from ..errors import InstaSceneError
-from . import bench, demo, eval, info, query, segment, serve, synth
+from . import bench, complete, demo, eval, info, query, run, segment, serve, synth
 
-COMMANDS = (info, synth, segment, query, eval, serve, bench, demo)
+COMMANDS = (info, synth, segment, complete, run, query, eval, serve, bench, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

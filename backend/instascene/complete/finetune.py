@@ -61,8 +61,9 @@ def fit_colors(caches: list, views: list[list[FitView]], colors: torch.Tensor, n
         opt.zero_grad()
         loss.backward()
         opt.step()
+        loss = loss.detach()
         if progress:
-            progress(it + 1, p.iterations, f"loss {float(loss) / len(pick):.4f}")
+            progress(it + 1, p.iterations, f"loss {loss.item() / len(pick):.4f}")
     out = fixed.clone()
     out[new] = torch.sigmoid(free.detach())
     return out

@@ -47,10 +47,12 @@ class CompleteParams:
     conditions: int = 2  # ring views the generator conditions on
     real_views: int = 10  # best real cameras in the fine-tune (the official filter_occ_cam keeps 10)
     min_gaussians: int = 100  # smaller instances are left as observed
+    diffusion_steps: int = 50
+    guidance: float = 3.0  # Zero123's classifier-free guidance (MVDFusion uses 2.5)
     seed: int = 0
 
 
-def resolve_generator(name: str, weights: str | None):
+def resolve_generator(name: str, weights: str | None, p: "CompleteParams | None" = None):
     """The generator object: 'auto' is diffusion when weights are configured (the
     argument, else INSTASCENE_WEIGHTS), geometric otherwise."""
     if name not in GENERATORS:
@@ -65,7 +67,8 @@ def resolve_generator(name: str, weights: str | None):
                               "INSTASCENE_WEIGHTS (nothing is downloaded); or use --generator geometric")
     from .diffusion import DiffusionGenerator
 
-    return DiffusionGenerator(weights)
+    p = p or CompleteParams()
+    return DiffusionGenerator(weights, steps=p.diffusion_steps, guidance=p.guidance, seed=p.seed)
 
 
 class Progress:
@@ -104,7 +107,7 @@ def complete_run(run_dir, instances=None, generator: str = "auto", weights: str 
 
     p = params or CompleteParams()
     run, doc, labels = load_run(run_dir)
-    gen = resolve_generator(generator, weights)
+    gen = resolve_generator(generator, weights, p)
     scene = load_scene(doc.get("scene", ""))
     splats = scene.require_splats().to_2dgs()
     cams = scene.require_cameras()

@@ -41,13 +41,12 @@ RUNNERS: dict[str, Runner | str] = {
     "validate": "instascene.service.runners:validate",
     "render": "instascene.service.runners:render",
     "segment": "instascene.segment.job:run",
+    "complete": "instascene.complete.job:run",
+    "run": "instascene.complete.job:segment_and_complete",
 }
 
 # What a client is told (501) for a contract kind that has no runner yet.
-NOT_AVAILABLE = {
-    "complete": "completion is not available in this version",
-    "run": "the full run (segmentation and completion) is not available in this version",
-}
+NOT_AVAILABLE: dict[str, str] = {}
 
 # Kinds that work on an existing run folder alone; every other kind needs a scene.
 SCENE_OPTIONAL = frozenset({"complete"})

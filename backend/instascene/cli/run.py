@@ -1,0 +1,31 @@
+"""`instascene run SCENE --out RUN`: segmentation and completion in one go."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    from .complete import add_options
+
+    p = sub.add_parser("run", help="segment a scene and complete every instance")
+    p.add_argument("scene", help="scene folder (point_cloud.ply, images/, sparse/0/, sam/mask/)")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--iterations", type=int, default=None, help="feature-field steps (default 1000)")
+    p.add_argument("--sam-weights", default=None, help="local SAM weights folder, when the scene has no sam/mask")
+    add_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from ..complete.pipeline import complete_run
+    from ..segment.pipeline import segment_scene
+    from .complete import params_from
+    from .segment import params_from as segment_params
+
+    seg = segment_scene(args.scene, args.out, segment_params({"iterations": args.iterations}), device=args.device,
+                        weights=args.sam_weights)
+    comp = complete_run(args.out, args.instances, args.generator, args.weights,
+                        params_from({"finetune_iterations": args.finetune_iterations}), device=args.device)
+    print(json.dumps({"segment": seg, "complete": comp}, indent=2))
+    return 0
