@@ -40,9 +40,11 @@ class Mesh:
 
 
 def fuse_tsdf(cameras, depth: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray, plane,
-              p: MeshParams) -> tuple[Grid, np.ndarray]:
+              p: MeshParams, prior: tuple[Grid, np.ndarray] | None = None) -> tuple[Grid, np.ndarray]:
     """Signed distance (in truncation units, + outside) on a grid over [lo, hi], from
-    per-view camera-z depth maps (0 = no surface) and coverage."""
+    per-view camera-z depth maps (0 = no surface) and coverage. Voxels no view reaches
+    (an object's underside, seen from a ring above the table) take their side from
+    `prior`, an occupancy grid (the closed shape), else count as inside."""
     ext = hi - lo
     lo, hi = lo - p.pad * ext.max(), hi + p.pad * ext.max()
     grid = Grid.around(lo, hi, p.resolution)
@@ -64,7 +66,12 @@ def fuse_tsdf(cameras, depth: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi:
         acc[j] += np.clip(sdf[near] / trunc, -1.0, 1.0)
         wsum[j] += 1.0
         carved[idx[hit & (sdf > trunc)]] = True
-    tsdf = np.where(wsum > 0, acc / np.maximum(wsum, 1), np.where(carved, 1.0, -1.0))
+    unreached = -1.0
+    if prior is not None:
+        pgrid, pocc = prior
+        idx, inside = pgrid.index(pts)
+        unreached = np.where(inside & pocc.reshape(-1)[idx], -1.0, 1.0)
+    tsdf = np.where(wsum > 0, acc / np.maximum(wsum, 1), np.where(carved, 1.0, unreached))
     if plane is not None:
         n, d0 = plane
         below = pts @ n + d0

@@ -193,10 +193,10 @@ def complete_instance(scene, splats, labels, ev: SceneEvidence, plane, k: int, g
     best = np.argsort(-scores)
     up = _up_vector(plane, ev.cameras)
     ring, az = ring_cameras(center, radius, up, ev.cameras[int(best[0])].center, p.ring)
-    g, ring_cache = view_caches(full, ring, dev)
+    g, ring_cache, ring_depth = view_caches(full, ring, dev)
     colors = torch.as_tensor(full.base_colors(), dtype=torch.float32)
     is_obs = torch.as_tensor(~is_new, dtype=torch.float32)
-    R = render_cached(g, ring_cache, ring, colors.to(g.means.device), is_obs.to(g.means.device))
+    R = render_cached(g, ring_cache, ring, ring_depth, colors.to(g.means.device), is_obs.to(g.means.device))
     covered = R.alpha > 0.5
     known = covered & (R.observed > 0.5)
     unknown_px = covered & ~known
@@ -221,7 +221,7 @@ def complete_instance(scene, splats, labels, ev: SceneEvidence, plane, k: int, g
     progress("fine-tune")
     real = [int(c) for c in best[: p.real_views] if scores[c] > 0]
     real_cams = [ev.cameras[c] for c in real]
-    _, real_cache = view_caches(full, real_cams, dev) if real_cams else (None, None)
+    real_cache = view_caches(full, real_cams, dev)[1] if real_cams else None
     fit_real = []
     for j, c in enumerate(real):
         cam = ev.cameras[c]
@@ -240,7 +240,7 @@ def complete_instance(scene, splats, labels, ev: SceneEvidence, plane, k: int, g
     write_ply(run / "instances" / str(k) / "completed.ply", full)
 
     progress("mesh")
-    grid, tsdf = fuse_tsdf(ring, R.depth, R.alpha, lo, hi, plane, p.mesh)
+    grid, tsdf = fuse_tsdf(ring, R.depth, R.alpha, lo, hi, plane, p.mesh, prior=(shp.grid, shp.occupancy))
     verts, faces = extract_mesh(grid, tsdf)
     if len(faces) == 0:
         raise InstaSceneError(f"instance {k}: the fused mesh is empty (no depth fell inside the object's grid)")
@@ -251,6 +251,7 @@ def complete_instance(scene, splats, labels, ev: SceneEvidence, plane, k: int, g
         "generator": gen.name,
         "observed_gaussians": int(len(observed)),
         "new_gaussians": int(len(new)),
+        "mirror_height": None if shp.mirror_height is None else round(shp.mirror_height, 6),
         "unseen_pixel_share": round(unseen_share, 4),
         "ring": {"views": len(ring), "elevation_deg": p.ring.elevation_deg, "size": p.ring.size,
                  "aligned_to": ev.cameras[int(best[0])].name},

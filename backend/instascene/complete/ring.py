@@ -57,33 +57,49 @@ class RingRenders:
 
     rgb: np.ndarray  # white background
     alpha: np.ndarray
-    depth: np.ndarray  # camera z (centre depths blended, / alpha); 0 where alpha < 0.5
+    depth: np.ndarray  # camera z of the blended ray-splat intersections; 0 where alpha < 0.5
     normals: np.ndarray  # world, unit where covered
     observed: np.ndarray  # share of the pixel's weight coming from observed Gaussians
 
 
 def view_caches(splats, cameras, device: str = "cpu"):
-    """(Gaussians, ContributionCache) of `splats` seen by `cameras`."""
-    from ..render import ContributionCache, Gaussians, View
+    """(Gaussians, ContributionCache, depth [V, H, W]) of `splats` seen by `cameras`: one
+    rasterization per view gives the cache and the expected ray-splat intersection depth
+    (2DGS's depth, exact at grazing angles, unlike blended centre depths)."""
+    from ..render import ContributionCache, Contributions, Gaussians, View
+    from ..render.rasterize import view_fragments
 
     g = Gaussians.from_splats(splats, device=device)
     views = [View.from_camera(c, device=device) for c in cameras]
-    return g, ContributionCache.build(g, views)
+    contribs, depths = [], []
+    for v in views:
+        parts, n = [], v.width * v.height
+        dsum = torch.zeros(n, dtype=torch.float64, device=device)
+        wsum = torch.zeros(n, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            for _, fr in view_fragments(g, v):
+                w = fr.weight
+                parts.append((fr.pixel, fr.gaussian, fr.transmittance, w))
+                dsum.index_add_(0, fr.pixel, (w * fr.depth).double())
+                wsum.index_add_(0, fr.pixel, w.double())
+        pix, gid, T, w = (torch.cat(x) for x in zip(*parts))
+        contribs.append(Contributions(v.width, v.height, len(g), pix, gid, T, w))
+        depths.append(torch.where(wsum > 0.5, dsum / wsum.clamp_min(1e-12), 0.0).reshape(v.height, v.width))
+    depth = torch.stack(depths).float().cpu().numpy() if depths else np.zeros((0, 1, 1), np.float32)
+    return g, ContributionCache.from_contributions(views, contribs), depth
 
 
-def render_cached(g, cache, cameras, colors: torch.Tensor, is_observed: torch.Tensor) -> RingRenders:
+def render_cached(g, cache, cameras, depth: np.ndarray, colors: torch.Tensor, is_observed: torch.Tensor) -> RingRenders:
     """Everything the completion needs from each cached view in one sparse product."""
     from ..render.surfels import quat_to_rotmat
 
     normals = quat_to_rotmat(g.quats)[:, :, 2]
     out = {k: [] for k in ("rgb", "alpha", "depth", "normals", "observed")}
     for i, cam in enumerate(cameras):
-        w2c = torch.as_tensor(cam.world_to_camera, dtype=g.means.dtype, device=g.means.device)
-        z = g.means @ w2c[2, :3] + w2c[2, 3]
         to_cam = torch.as_tensor(cam.center, dtype=g.means.dtype, device=g.means.device) - g.means
         facing = torch.where((to_cam * normals).sum(1, keepdim=True) >= 0, 1.0, -1.0)
         n = normals * facing  # surfels are two-sided: the side the camera sees
-        feats = torch.cat([colors, torch.ones_like(z)[:, None], z[:, None], n, is_observed[:, None]], dim=1)
+        feats = torch.cat([colors, torch.ones_like(is_observed)[:, None], n, is_observed[:, None]], dim=1)
         with torch.no_grad():
             r = cache.render(i, feats).cpu().numpy()
         a = r[..., 3]
@@ -91,8 +107,8 @@ def render_cached(g, cache, cameras, colors: torch.Tensor, is_observed: torch.Te
         safe = np.maximum(a, 1e-8)
         out["rgb"].append(np.clip(r[..., :3] + (1 - a[..., None]), 0, 1))
         out["alpha"].append(a)
-        out["depth"].append(np.where(cov, r[..., 4] / safe, 0.0))
-        nn = r[..., 5:8]
+        out["depth"].append(np.where(cov, depth[i], 0.0))
+        nn = r[..., 4:7]
         out["normals"].append(nn / np.maximum(np.linalg.norm(nn, axis=-1, keepdims=True), 1e-8))
-        out["observed"].append(np.where(a > 1e-6, r[..., 8] / safe, 0.0))
+        out["observed"].append(np.where(a > 1e-6, r[..., 7] / safe, 0.0))
     return RingRenders(*(np.stack(out[k]).astype(np.float32) for k in ("rgb", "alpha", "depth", "normals", "observed")))

@@ -31,6 +31,8 @@ class ShapeParams:
     gap: float = 2.0  # new surfels only farther than gap x spacing from an observed one
     max_new: int = 30000  # at most this many new surfels per object
     opacity: float = 0.95
+    symmetry: bool = True  # mirror the evidence about a horizontal plane when the object allows it
+    symmetry_max_conflict: float = 0.12  # share of mirrored observed Gaussians allowed in empty space
     convex_prior: bool = True  # stay inside the convex hull of the observed surface and its shadow on the plane
 
 
@@ -41,6 +43,7 @@ class ClosedShape:
     vertices: np.ndarray  # [V, 3] world, the closed surface (marching cubes)
     faces: np.ndarray  # [F, 3]
     spacing: float  # observed surfel spacing (median nearest-neighbour distance)
+    mirror_height: float | None = None  # height above the plane of the symmetry plane used, if any
 
     @property
     def grid(self) -> Grid:
@@ -131,12 +134,62 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     hits = np.bincount(comp.reshape(-1)[own[inside]], minlength=comp.max() + 1)
     hits[0] = 0
     occ = (hits >= p.min_component * max(hits.sum(), 1))[comp]
+    mirror = None
+    if p.symmetry and plane is not None:
+        mirror = mirror_height(occ, grid, means, plane, p.symmetry_max_conflict)
+        if mirror is not None:
+            keep = occ.copy()
+            keep.reshape(-1)[own[inside]] = True  # never cut what was observed
+            occ &= ~mirrored_empty(occ, grid, plane, mirror) | keep
     vol = ndimage.gaussian_filter(occ.astype(np.float32), p.smooth_voxels)
     vol = np.minimum(vol, np.clip(0.5 - bound, 0.0, 1.0))  # level 0.5 exactly on a binding bound
     vol = np.pad(vol, 2)
     verts, faces, _, _ = marching_cubes(vol, 0.5)
     verts = grid.origin + (verts - 2 + 0.5) * grid.size
-    return ClosedShape(carving, occ, verts, faces.astype(np.int64), spacing)
+    return ClosedShape(carving, occ, verts, faces.astype(np.int64), spacing, mirror)
+
+
+def _deep_empty(occ: np.ndarray) -> np.ndarray:
+    """Empty voxels whose neighbours are all empty too (outside the grid counts as
+    empty): a mirrored surface point landing there contradicts the evidence."""
+    return ndimage.binary_erosion(~occ, iterations=1, border_value=1)
+
+
+def _mirror(points: np.ndarray, plane, height: float) -> np.ndarray:
+    n, d = plane
+    return points - 2.0 * ((points @ n + d) - height)[:, None] * n[None]
+
+
+def _lookup(mask: np.ndarray, grid: Grid, points: np.ndarray, outside: bool) -> np.ndarray:
+    idx, inside = grid.index(points)
+    return np.where(inside, mask.reshape(-1)[idx], outside)
+
+
+def mirror_height(occ: np.ndarray, grid: Grid, means: np.ndarray, plane, max_conflict: float) -> float | None:
+    """Height above the support plane of a horizontal mirror plane of the object, or None.
+
+    The bottom of an object on a table is never seen; many objects (balls, cans, boxes,
+    tori, bowls on their rims...) are symmetric about a horizontal plane. Mirroring the
+    observed Gaussians about the right plane puts none of them into space the cameras
+    saw empty (nor under the table); about a wrong one, the top lands in the air or
+    the sides below the table. The best height is kept when its conflict share is
+    below `max_conflict` (a bunny or a mug on its base conflicts everywhere)."""
+    n, d = plane
+    heights = means @ n + d
+    top = float(np.percentile(heights, 99.5))
+    empty = _deep_empty(occ)
+    best, best_conflict = None, 1.0
+    for h in np.arange(0.25 * top, 0.75 * top + 1e-12, 0.5 * grid.size):
+        conflict = float(_lookup(empty, grid, _mirror(means, plane, h), True).mean())
+        if conflict < best_conflict:
+            best, best_conflict = float(h), conflict
+    return best if best_conflict <= max_conflict else None
+
+
+def mirrored_empty(occ: np.ndarray, grid: Grid, plane, height: float) -> np.ndarray:
+    """Voxels whose mirror image is clearly empty: under the symmetry, empty too."""
+    empty = _deep_empty(occ)
+    return _lookup(empty, grid, _mirror(grid.centers(), plane, height), True).reshape(grid.shape)
 
 
 def convex_extrusion_distance(points: np.ndarray, means: np.ndarray, plane) -> np.ndarray:
