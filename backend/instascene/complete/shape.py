@@ -113,7 +113,7 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     lo, hi = object_box(means, plane, p.pad)
     grid = Grid.around(lo, hi, p.resolution)
     carving = carve(ev, instance, grid, p.margin_voxels * grid.size)
-    occ = carving.free < p.min_free
+    hull = carving.free < p.min_free  # occlusion-aware visual hull (inflated by the margin)
     centers = grid.centers()
     # hard bounds as signed distances (voxels, > 0 outside): exact surfaces where they bind
     bound = np.full(len(centers), -np.inf)
@@ -123,30 +123,40 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     if p.convex_prior:
         bound = np.maximum(bound, convex_extrusion_distance(centers, means, plane) / grid.size)
     bound = bound.reshape(grid.shape)
-    occ &= bound < 0
     if len(others):
         idx, inside = grid.index(others)
-        taken = np.zeros(occ.size, bool)
+        taken = np.zeros(hull.size, bool)
         taken[idx[inside]] = True
-        occ &= ~ndimage.binary_dilation(taken.reshape(grid.shape), iterations=1)
-    comp, _ = ndimage.label(occ)
+        hull &= ~ndimage.binary_dilation(taken.reshape(grid.shape), iterations=1)
     own, inside = grid.index(means)
-    hits = np.bincount(comp.reshape(-1)[own[inside]], minlength=comp.max() + 1)
-    hits[0] = 0
-    occ = (hits >= p.min_component * max(hits.sum(), 1))[comp]
+    observed = np.zeros(hull.size, bool)
+    observed[own[inside]] = True
+    observed = observed.reshape(grid.shape)
+    occ = _main_parts(hull & (bound < 0), own[inside], p.min_component)
     mirror = None
     if p.symmetry and plane is not None:
         mirror = mirror_height(occ, grid, means, plane, p.symmetry_max_conflict)
-        if mirror is not None:
-            keep = occ.copy()
-            keep.reshape(-1)[own[inside]] = True  # never cut what was observed
-            occ &= ~mirrored_empty(occ, grid, plane, mirror) | keep
-    vol = ndimage.gaussian_filter(occ.astype(np.float32), p.smooth_voxels)
-    vol = np.minimum(vol, np.clip(0.5 - bound, 0.0, 1.0))  # level 0.5 exactly on a binding bound
-    vol = np.pad(vol, 2)
-    verts, faces, _, _ = marching_cubes(vol, 0.5)
+        if mirror is not None:  # the mirror image of clearly empty space is empty
+            hull &= ~mirrored_empty(occ, grid, plane, mirror) | observed
+            occ = _main_parts(hull & (bound < 0), own[inside], p.min_component)
+    # carving stops `margin` in front of every visible surface: move the hull's own
+    # boundary back by that much; the plane and convex bounds are exact as they are
+    sdf = ndimage.distance_transform_edt(hull) - ndimage.distance_transform_edt(~hull)
+    sdf = ndimage.gaussian_filter(sdf.astype(np.float32), p.smooth_voxels) - p.margin_voxels
+    field = np.minimum(sdf, -bound)
+    field[~ndimage.binary_dilation(occ, iterations=2)] = -1.0  # only the kept parts
+    verts, faces, _, _ = marching_cubes(np.pad(field, 2, constant_values=-1.0), 0.0, gradient_direction="ascent")
     verts = grid.origin + (verts - 2 + 0.5) * grid.size
+    occ = field > 0
     return ClosedShape(carving, occ, verts, faces.astype(np.int64), spacing, mirror)
+
+
+def _main_parts(occ: np.ndarray, observed_index: np.ndarray, min_share: float) -> np.ndarray:
+    """The connected parts of `occ` holding at least `min_share` of the observed Gaussians."""
+    comp, _ = ndimage.label(occ)
+    hits = np.bincount(comp.reshape(-1)[observed_index], minlength=comp.max() + 1)
+    hits[0] = 0
+    return (hits >= min_share * max(hits.sum(), 1))[comp]
 
 
 def _deep_empty(occ: np.ndarray) -> np.ndarray:
