@@ -121,8 +121,9 @@ def test_completed_beats_observed(completed):
     rows = [r for r in res["objects"] if r["completed"]]
     assert len(rows) == 3
     for r in rows:  # the observed object is an open shell; the completed mesh encloses the object
-        assert r["completed"]["volume_iou"] > r["observed"]["volume_iou"] + 0.2, r
-    assert np.mean([r["completed"]["volume_iou"] for r in rows]) > 0.5
+        assert r["mesh"]["watertight"] and r["mesh"]["volume_iou"] > r["observed"]["volume_iou"] + 0.2, r
+        assert r["completed"]["source"] == "completed.ply" and r["completed"]["recall"] >= r["observed"]["recall"]
+    assert np.mean([r["mesh"]["volume_iou"] for r in rows]) > 0.5
 
 
 def test_diffusion_generator_runs_through_the_pipeline(scene_and_run, tmp_path):

@@ -4,8 +4,10 @@ Predicted instances are matched to GT objects with the 3D Hungarian matching of
 RUN/labels.npy against gt/gaussian_instances.npy. For every matched object, two
 predictions are scored against the complete GT (gt/meshes/<k>.ply, gt/objects/<k>.ply):
 
-  "completed"  RUN/instances/<id>/mesh.ply when present (surface samples), else the
-               means of completed.ply; null when the instance has neither file;
+  "completed"  RUN/instances/<id>/completed.ply (its means or disc samples, as for the
+               observed), else the mesh; null when the instance has neither file;
+  "mesh"       RUN/instances/<id>/mesh.ply (surface samples; its volume IoU is the
+               mesh's own), null without one;
   "observed"   the baseline: the means of RUN/instances/<id>/observed.ply (falling back
                to the scene's Gaussians labelled <id> when that file is absent).
 
@@ -284,16 +286,19 @@ def evaluate_completion(
         comp_splats = None
         if (inst / "completed.ply").is_file():
             comp_splats = read_ply(inst / "completed.ply")
-        if (inst / "mesh.ply").is_file():
-            pm = load_mesh(inst / "mesh.ply", "completed mesh")
-            row["completed"] = {"source": "mesh.ply",
-                                **_geometry(sample_surface(pm, samples, seed + 1), gt_pts, diag, pm, mesh, **geo)}
-        elif comp_splats is not None:
+        if comp_splats is not None:
             comp_discs = splat_surface_points(comp_splats, spacing, seed=seed)
             row["completed"] = {"source": "completed.ply", "gaussians": len(comp_splats),
                                 **_geometry(comp_discs if splat_points == "discs" else comp_splats.means, gt_pts,
                                             diag, comp_discs, mesh, **geo)}
-        else:
+        row["mesh"] = None
+        if (inst / "mesh.ply").is_file():
+            pm = load_mesh(inst / "mesh.ply", "completed mesh")
+            row["mesh"] = {"source": "mesh.ply", "watertight": bool(pm.is_watertight),
+                           **_geometry(sample_surface(pm, samples, seed + 1), gt_pts, diag, pm, mesh, **geo)}
+            if row["completed"] is None:
+                row["completed"] = dict(row["mesh"])
+        if row["completed"] is None:
             row["note"] = "no completed.ply or mesh.ply for this instance"
 
         if render:
@@ -345,7 +350,8 @@ def _summary(rows: list[dict]) -> dict:
     matched = [r for r in rows if r["observed"] is not None]
     done = [r for r in matched if r["completed"] is not None]
     out = {"n_objects": len(rows), "n_matched": len(matched), "n_completed": len(done)}
-    for kind, group in (("observed", matched), ("completed", done)):
+    meshed = [r for r in matched if r.get("mesh")]
+    for kind, group in (("observed", matched), ("completed", done), ("mesh", meshed)):
         out[kind] = {key: _mean(r[kind].get(key) for r in group) for key in METRIC_KEYS}
     # the baseline over the same objects as the completed ones, for a like-for-like comparison
     out["observed_on_completed"] = {key: _mean(r["observed"].get(key) for r in done) for key in METRIC_KEYS}
