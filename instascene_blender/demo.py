@@ -30,10 +30,6 @@ gave them but hardly the shape, and a mesh renders several times faster on the C
 Instances without a mesh (not completed) and the background (the table) render as
 splats (oriented emissive discs, the geometry-nodes setup of blender/nodes.py).
 
-The run's `mesh.ply` colours are display (sRGB) bytes; when the materialized colour
-attribute still holds them unconverted, they are turned into scene-linear values here
-so the render shows the captured colours under the Standard view transform.
-
 Imports only bpy, numpy and the standard library (bpy lazily: `--help` works anywhere).
 """
 
@@ -54,7 +50,6 @@ import numpy as np
 
 from .io.atomic import atomic_write
 from .io.cameras import find_scene
-from .io.mesh_ply import read_mesh_ply
 from .io.run_folder import read_run_folder
 
 DEMO_CAMERA = "demo_camera"
@@ -217,31 +212,6 @@ def _ensure_registered() -> bool:
 
     register()
     return True
-
-
-def _linearize_mesh_colours(objects: dict, records: dict) -> int:
-    """sRGB bytes stored as-is in a FLOAT_COLOR attribute -> scene-linear (see module docstring)."""
-    from .blender import meshes, splats
-
-    fixed = 0
-    for iid, obj in objects.items():
-        rec = records.get(iid)
-        if obj.type != "MESH" or rec is None or "mesh" not in rec.files:
-            continue
-        attr = obj.data.color_attributes.get(meshes.COLOR_ATTRIBUTE)
-        if attr is None or attr.data_type != "FLOAT_COLOR":
-            continue
-        cur = np.empty(len(attr.data) * 4, np.float32)
-        attr.data.foreach_get("color", cur)
-        cur = cur.reshape(-1, 4)
-        src = read_mesh_ply(rec.files["mesh"]).colors
-        if src is None or len(src) != len(cur) or not np.allclose(cur[:, :3], src[:, :3], atol=1e-4):
-            continue  # already converted (or not ours): leave it
-        cur[:, :3] = splats.srgb_to_linear(cur[:, :3])
-        attr.data.foreach_set("color", np.ascontiguousarray(cur).ravel())
-        obj.data.update()
-        fixed += 1
-    return fixed
 
 
 def _setup_world_and_light(scene, view_dir: np.ndarray, up: np.ndarray, size: float) -> None:
@@ -426,7 +396,6 @@ def build_demo(scene_dir, run_dir, blend_path, picture_path, *, samples: int = 1
             meshes += 1
             for child in obj.children:  # its splats: in the viewport, not in renders
                 child.hide_render = True
-    linearized = _linearize_mesh_colours(instances, {r.id: r for r in run.instances})
     order = sorted(instances, key=lambda k: (len(k), k))
     objs = [instances[k] for k in order]
 
@@ -480,7 +449,6 @@ def build_demo(scene_dir, run_dir, blend_path, picture_path, *, samples: int = 1
         "objects": len(instances) + len(background),
         "instances": [instances[k].name for k in order],
         "meshes": meshes,
-        "mesh_colours_linearized": linearized,
         "background": background[0].name if background else None,
         "cameras": len(cameras) + 1,
         "camera": DEMO_CAMERA,

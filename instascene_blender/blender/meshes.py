@@ -7,6 +7,7 @@ import numpy as np
 
 from ..io.mesh_ply import MeshData
 from . import nodes
+from .splats import srgb_to_linear
 
 COLOR_ATTRIBUTE = "gs_vertex_color"
 
@@ -23,8 +24,11 @@ def create_mesh(name: str, mesh_data: MeshData, origin=None):
     me.polygons.foreach_set("loop_start", np.arange(0, faces.size, 3, dtype=np.int32))
     me.update(calc_edges=True)
     if mesh_data.colors is not None:
+        # PLY colours are display (sRGB) values; a FLOAT_COLOR attribute holds scene-linear ones
+        rgba = np.array(mesh_data.colors, np.float32)
+        rgba[:, :3] = srgb_to_linear(rgba[:, :3])
         attr = me.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
-        attr.data.foreach_set("color", np.ascontiguousarray(mesh_data.colors, np.float32).ravel())
+        attr.data.foreach_set("color", np.ascontiguousarray(rgba).ravel())
         me.color_attributes.active_color = attr
         me.color_attributes.render_color_index = me.color_attributes.active_color_index
     me.materials.append(nodes.mesh_material())
