@@ -4,7 +4,8 @@ Start Backend (through a wrapper interpreter: the add-on refuses Blender's own P
 Connect, a job's whole life through the worker thread + queue + drain path, errors
 surfacing as clear messages, and stopping the backend we started. Segmentation of a
 real scene is too slow for this suite (minutes on 2 cores); set INSTASCENE_E2E=1 to
-also run segment -> materialize on a generated scene.
+also run segment -> complete -> materialize on the built-in scene. Completion of a small
+generated scene (run folder from its ground truth) runs always.
 """
 
 from __future__ import annotations
@@ -164,3 +165,38 @@ def test_segment_and_materialize_generated_scene(backend):
     assert coll.name.startswith("synth")  # named after the run folder (.001: the scene took "synth")
     assert sum(o.name.startswith("instance_") for o in coll.objects) >= 2
     assert bpy.data.objects["synth_splats"].hide_render  # the whole scene gives way to its pieces
+    _run(bpy.ops.instascene.complete, timeout=1800)
+    assert st.job_state == "done", (st.job_state, st.stage, st.last_error)
+    meshes = [o for o in coll.objects if o.name.startswith("instance_") and o.type == "MESH"]
+    assert len(meshes) >= 2  # completed instances come back as meshes with their splats
+
+
+def test_complete_selected_and_materialize(backend):
+    """Complete (selected instances) on a real backend, then the auto-materialized run:
+    the completed instance is a mesh object with its splats as a child."""
+    import json
+
+    from test_complete import make_run
+
+    from instascene.synth.generate import SynthOptions, generate_scene
+
+    scene = backend / "small_synth"
+    generate_scene(scene, SynthOptions(seed=5, objects=2, views=12, width=128, height=96, mask_noise=0.0))
+    run = make_run(scene, backend / "runs" / "small_synth")
+    bpy.ops.instascene.materialize(run_dir=str(run))
+    first = next(o for o in bpy.data.objects if o.name.startswith("instance_"))
+    bpy.ops.object.select_all(action="DESELECT")
+    first.select_set(True)
+    chosen = int(first["instascene_instance"])
+    scn = bpy.context.scene.instascene
+    scn.scene_path, scn.run_dir = str(scene), str(run)
+    _run(bpy.ops.instascene.complete, timeout=600, selected_only=True)
+    st = bpy.context.window_manager.instascene
+    assert st.job_state == "done", (st.job_state, st.stage, st.last_error)
+    doc = json.loads((run / "instances.json").read_text())
+    done = [r["id"] for r in doc["instances"] if r["status"] == "completed"]
+    assert done == [chosen]  # only the selected one
+    obj = bpy.data.objects[f"instance_{done[0]}"]  # re-materialized: replaced, not duplicated
+    assert obj.type == "MESH" and len(obj.data.polygons) > 100
+    assert any(c.name.startswith(f"instance_{done[0]}_splats") for c in obj.children)
+    assert sum(o.name.startswith(f"instance_{done[0]}") and "_splats" not in o.name for o in bpy.data.objects) == 1

@@ -5,15 +5,20 @@ Benchmarks, not tests: figures go to docs/benchmarks.md with the machine they ra
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="speed benchmarks (raster, segment)")
-    p.add_argument("what", choices=["raster", "segment", "ablation"], help="which benchmark")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="ablation: built-in scene seeds")
-    p.add_argument("--cache", default=None, help="ablation: folder to keep generated scenes in")
+    p = sub.add_parser("bench", help="benchmarks (raster, segment, ablation, complete)")
+    p.add_argument("what", choices=["raster", "segment", "ablation", "complete"], help="which benchmark")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="ablation/complete: built-in scene seeds")
+    p.add_argument("--cache", default=None,
+                   help="ablation/complete: folder to keep generated scenes (and segmentations) in")
+    p.add_argument("--generator", default="geometric", help="complete: generator (geometric, diffusion, auto)")
+    p.add_argument("--weights", default=None, help="complete: diffusion weights folder")
+    p.add_argument("--no-render", action="store_true", help="complete: skip the PSNR renders")
     p.add_argument("--scene", help="segment: scene folder (default: generate the built-in scene)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per row (median reported)")
     p.add_argument("--gaussians", type=int, default=10_000, help="Gaussians for the CPU rows")
@@ -168,6 +173,76 @@ def ablation_bench(seeds, cache: str | None) -> int:
     return 0
 
 
+def complete_bench(seeds, cache: str | None, generator: str, weights: str | None, render: bool) -> int:
+    """Completion time per object and quality against the complete ground truth, on
+    built-in scenes segmented by the full pipeline: a markdown table per object and the
+    means (all objects; those with a fifth or more of their surface unseen)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..complete.pipeline import complete_run
+    from ..eval.completion import evaluate_completion
+    from ..segment.pipeline import segment_scene
+    from ..synth.generate import SynthOptions, generate_scene
+
+    f = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
+    rows, per_object_s = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(cache or tmp)
+        for seed in seeds:
+            scene, segmented = root / f"scene_{seed}", root / f"segmented_{seed}"
+            if not (scene / "synth.json").exists():
+                generate_scene(scene, SynthOptions(seed=seed), force=True)
+            if not (segmented / "instances.json").exists():
+                segment_scene(scene, segmented, quiet=True)
+            run = Path(tmp) / f"run_{seed}"
+            shutil.copytree(segmented, run)
+            out = complete_run(run, generator=generator, weights=weights, quiet=True)
+            doc = json.loads((run / "instances.json").read_text())
+            secs = {r["id"]: r["completion"]["seconds"] for r in doc["instances"] if "completion" in r}
+            per_object_s += list(secs.values())
+            res = evaluate_completion(run, scene / "gt", render=render, splat_points="discs")
+            for r in res["objects"]:
+                if r["completed"] is None:
+                    continue
+                rows.append((seed, r, secs.get(r["pred_id"])))
+            print(f"seed {seed}: {len(out['completed'])} instances completed in {out['seconds']} s "
+                  f"(shared evidence {doc['completion']['evidence_seconds']} s)", flush=True)
+    print(f"\ngenerator {generator}; per object {np.median(per_object_s):.1f} s median, {max(per_object_s):.1f} s max\n")
+    print("| seed | object | unseen | F@1% obs | F@1% completed | F@1% mesh | CD obs | CD completed | vIoU obs "
+          "| vIoU mesh | PSNR known obs | PSNR known completed | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for seed, r, sec in rows:
+        o, c, m = r["observed"], r["completed"], r.get("mesh") or {}
+        print(f"| {seed} | {r['name']} | {r['unseen_fraction']:.2f} | {f(o['fscore'])} | {f(c['fscore'])} | "
+              f"{f(m.get('fscore'))} | {f(o['chamfer'])} | {f(c['chamfer'])} | {f(o['volume_iou'])} | "
+              f"{f(m.get('volume_iou'))} | {f(o.get('psnr_known'))} | {f(c.get('psnr_known'))} | "
+              f"{'–' if sec is None else f'{sec:.1f}'} |")
+    for title, sel in (("all objects", rows), ("a fifth or more unseen", [x for x in rows if x[1]["needs_completion"]])):
+        if not sel:
+            continue
+        mean = lambda w, k: _mean_of([(x[1][w] or {}).get(k) for x in sel])  # noqa: E731
+        beats_f = sum(x[1]["completed"]["fscore"] > x[1]["observed"]["fscore"] for x in sel)
+        beats_c = sum(x[1]["completed"]["chamfer"] < x[1]["observed"]["chamfer"] for x in sel)
+        print(f"\n{title} ({len(sel)}): F@1% obs {f(mean('observed', 'fscore'))} / completed "
+              f"{f(mean('completed', 'fscore'))} / mesh {f(mean('mesh', 'fscore'))}; Chamfer obs "
+              f"{f(mean('observed', 'chamfer'))} / completed {f(mean('completed', 'chamfer'))}; volume IoU mesh "
+              f"{f(mean('mesh', 'volume_iou'))}; PSNR known obs {f(mean('observed', 'psnr_known'))} / completed "
+              f"{f(mean('completed', 'psnr_known'))}; completed beats observed: F {beats_f}/{len(sel)}, "
+              f"Chamfer {beats_c}/{len(sel)}")
+    return 0
+
+
+def _mean_of(values):
+    import numpy as np
+
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
 def run(args) -> int:
     import torch
 
@@ -177,6 +252,8 @@ def run(args) -> int:
         return segment_bench(args.scene)
     if args.what == "ablation":
         return ablation_bench(args.seeds, args.cache)
+    if args.what == "complete":
+        return complete_bench(args.seeds, args.cache, args.generator, args.weights, not args.no_render)
     width, height = (int(v) for v in args.size.lower().split("x"))
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"
