@@ -120,8 +120,11 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     if plane is not None:
         n, d = plane
         bound = np.maximum(bound, -(centers @ n + d) / grid.size)
-    if p.convex_prior:
-        bound = np.maximum(bound, convex_extrusion_distance(centers, means, plane) / grid.size)
+    if p.convex_prior:  # only where it can matter: in and around the hull
+        near = ndimage.binary_dilation(hull, iterations=3).reshape(-1)
+        conv = np.full(len(centers), np.inf)
+        conv[near] = convex_extrusion_distance(centers[near], means, plane) / grid.size
+        bound = np.maximum(bound, conv)
     bound = bound.reshape(grid.shape)
     if len(others):
         idx, inside = grid.index(others)
@@ -143,7 +146,7 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     # boundary back by that much; the plane and convex bounds are exact as they are
     sdf = ndimage.distance_transform_edt(hull) - ndimage.distance_transform_edt(~hull)
     sdf = ndimage.gaussian_filter(sdf.astype(np.float32), p.smooth_voxels) - p.margin_voxels
-    field = np.minimum(sdf, -bound)
+    field = np.clip(np.minimum(sdf, -bound), -8.0, 8.0)
     field[~ndimage.binary_dilation(occ, iterations=2)] = -1.0  # only the kept parts
     verts, faces, _, _ = marching_cubes(np.pad(field, 2, constant_values=-1.0), 0.0, gradient_direction="ascent")
     verts = grid.origin + (verts - 2 + 0.5) * grid.size
