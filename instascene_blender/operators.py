@@ -331,6 +331,114 @@ class INSTASCENE_OT_cancel(bpy.types.Operator):
         return {"FINISHED"}
 
 
+QUERY_TIMEOUT = 10.0  # s; a query answers in well under a second once the backend has the run loaded
+
+
+def _rest_matrices(run, coll) -> list:
+    """(object, matrix it was materialized with) for the run's objects: instances sit at
+    their centroid (scene coordinates minus centroid inside), the background at the origin."""
+    from mathutils import Matrix
+
+    from .io.run_folder import instance_centroid
+
+    centroids = {r.id: instance_centroid(r) for r in run.instances
+                 if r.centroid is not None or (r.bbox_min is not None and r.bbox_max is not None)}
+    out = []
+    for obj in coll.all_objects:
+        iid = obj.get("instascene_instance")
+        if iid is not None and str(iid) in centroids:
+            out.append((obj, Matrix.Translation([float(v) for v in centroids[str(iid)]])))
+        elif obj.get("instascene_background"):
+            out.append((obj, Matrix.Identity(4)))
+    return out
+
+
+def scene_point(cursor, run, coll):
+    """The 3D cursor in the segmented scene's coordinates. The import applies no transform,
+    so they are Blender's world coordinates, unless the cursor is on a run object the user
+    has moved: then it is carried back with that object (the smallest one whose padded
+    bounding box holds it), so a click on a moved instance still finds it."""
+    from mathutils import Vector
+
+    cursor = Vector(cursor)
+    best, best_size = cursor, None
+    for obj, rest in _rest_matrices(run, coll):
+        try:
+            local = obj.matrix_world.inverted() @ cursor
+        except ValueError:  # scaled to zero
+            continue
+        corners = [Vector(c) for c in obj.bound_box]
+        lo = Vector([min(c[i] for c in corners) for i in range(3)])
+        hi = Vector([max(c[i] for c in corners) for i in range(3)])
+        pad = 0.1 * max(hi - lo) + 1e-4
+        if all(lo[i] - pad <= local[i] <= hi[i] + pad for i in range(3)):
+            size = (hi - lo).length
+            if best_size is None or size < best_size:
+                best, best_size = rest @ local, size
+    return best
+
+
+def _instance_object(coll, iid: str):
+    """The materialized object `instance_<id>` (not its `_splats` child)."""
+    for obj in coll.all_objects:
+        if str(obj.get("instascene_instance")) == iid and \
+                (obj.parent is None or str(obj.parent.get("instascene_instance")) != iid):
+            return obj
+    return None
+
+
+class INSTASCENE_OT_select_at_cursor(bpy.types.Operator):
+    """Select the materialized instance under the 3D cursor by asking the backend (POST /query).
+
+    A direct, blocking call with a QUERY_TIMEOUT timeout, not a worker thread: a query
+    answers in well under a second (the backend keeps the run loaded), so a click
+    should select at once; only the first query of a large run waits while it loads.
+    """
+
+    bl_idname = "instascene.select_at_cursor"
+    bl_label = "Select Instance at Cursor"
+    bl_description = "Select the materialized instance at the 3D cursor (asks the backend)"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        from .blender.materialize import find_run_collection
+        from .io.run_folder import read_run_folder
+
+        path = _abspath(context.scene.instascene.run_dir) or _abspath(context.window_manager.instascene.last_run)
+        if not path:
+            return _fail(self, "no run folder: set one in the panel (a segmented, materialized run)")
+        try:
+            run = read_run_folder(path)
+            coll = find_run_collection(run.root)
+            if coll is None:
+                return _fail(self, f"run {run.name} is not materialized in this file: Materialize it first")
+            point = scene_point(context.scene.cursor.location, run, coll)
+            answer = _client(context).query(run.root, point=tuple(point), timeout=QUERY_TIMEOUT)
+        except _USER_ERRORS as e:
+            return _fail(self, str(e))
+        inst = answer.get("instance")
+        if inst is None:
+            self.report({"INFO"}, "nothing there: no Gaussian near the 3D cursor")
+            return {"FINISHED"}
+        if int(inst) < 0:
+            self.report({"INFO"}, "background: the 3D cursor is on the background (table, floor, walls)")
+            return {"FINISHED"}
+        obj = _instance_object(coll, str(inst))
+        if obj is None:
+            return _fail(self, f"instance {inst} has no object in {coll.name} (materialize the run again)")
+        try:
+            for o in context.view_layer.objects:
+                o.select_set(False)
+            obj.select_set(True)
+        except RuntimeError as e:  # hidden from, or not in, the view layer
+            return _fail(self, f"cannot select {obj.name}: {e}")
+        context.view_layer.objects.active = obj
+        others = sorted(k for k in (answer.get("similar_instances") or {}) if k not in (str(inst), "-1"))
+        also = f"; similar features also in instances {', '.join(others)}" if others else ""
+        self.report({"INFO"}, f"selected {obj.name} ({answer.get('instance_gaussians', '?')} Gaussians{also})")
+        return {"FINISHED"}
+
+
 def stop_backend() -> None:
     """Terminate the backend this session started (only that process)."""
     proc = jobs.MANAGER.process
@@ -352,4 +460,5 @@ CLASSES = (
     INSTASCENE_OT_import_scene, INSTASCENE_OT_materialize, INSTASCENE_OT_export_layout,
     INSTASCENE_OT_set_display, INSTASCENE_OT_connect, INSTASCENE_OT_start_backend,
     INSTASCENE_OT_segment, INSTASCENE_OT_complete, INSTASCENE_OT_run, INSTASCENE_OT_cancel,
+    INSTASCENE_OT_select_at_cursor,
 )

@@ -54,7 +54,9 @@ class VIEW3D_PT_instascene(bpy.types.Panel):
         row = col.row(align=True)
         row.enabled = "run" not in off
         row.operator("instascene.run", icon="FF")
-        col.operator("instascene.materialize", icon="OUTLINER_COLLECTION")
+        row = col.row(align=True)
+        row.operator("instascene.materialize", icon="OUTLINER_COLLECTION")
+        row.operator("instascene.select_at_cursor", text="Select at Cursor", icon="PIVOT_CURSOR")
         for kind, reason in sorted(off.items()):
             if kind in ("segment", "complete", "run"):
                 col.label(text=f"{kind}: {reason}"[:80], icon="INFO")

@@ -73,7 +73,7 @@ def test_register_unregister_twice():
         assert hasattr(bpy.types.Scene, "instascene") and hasattr(bpy.types.WindowManager, "instascene")
         assert hasattr(bpy.types, "INSTASCENE_OT_import_scene")
     ops = {"import_scene", "materialize", "export_layout", "connect", "start_backend", "segment", "complete",
-           "run", "cancel", "set_display"}
+           "run", "cancel", "set_display", "select_at_cursor"}
     assert ops <= set(dir(bpy.ops.instascene))
     assert hasattr(bpy.types, "VIEW3D_PT_instascene")
     assert bpy.types.VIEW3D_PT_instascene.bl_category == "InstaScene"
@@ -452,6 +452,76 @@ def test_segment_job_through_queue_and_drain(tmp_path, monkeypatch):
         jobs.MANAGER.join()
         jobs.drain()
         assert fb.jobs["job2"]["state"] == "cancelled" and ("POST", "/jobs/job2/cancel") in fb.requests
+
+
+def test_select_at_cursor(tmp_path, monkeypatch):
+    from mathutils import Vector
+
+    from instascene_blender.preferences import _Defaults
+
+    run = make_run(tmp_path / "run_q", mesh_for=(1,))
+    centroids = {str(r["id"]): np.array(r["centroid"]) for r in json.loads((run / "instances.json").read_text())}
+    (tmp_path / "token").write_text("s3cret\n")
+
+    def answer(body):  # the instance whose centroid is within 0.3 of the point; the background below z = -0.5
+        if body["run"] != str(run):
+            return 403, {"detail": f"run folder {body['run']!r} is outside the data roots"}
+        p = np.array(body["point"])
+        near = [k for k, c in centroids.items() if np.linalg.norm(p - c) < 0.3]
+        inst = int(near[0]) if near else (-1 if p[2] < -0.5 else None)
+        return 200, {"gaussian": None if inst is None else 0, "instance": inst, "instance_gaussians": 40,
+                     "similar_gaussians": 40, "similar_instances": {} if inst is None else {str(inst): 40}}
+
+    def click(at):
+        bpy.context.scene.cursor.location = tuple(float(v) for v in at)
+        return bpy.ops.instascene.select_at_cursor()
+
+    with FakeBackend() as fb:
+        fb.query_answer = answer
+        monkeypatch.setattr(_Defaults, "backend_url", fb.url)
+        monkeypatch.setattr(_Defaults, "token_file", str(tmp_path / "token"))
+        with pytest.raises(RuntimeError, match="no run folder"):
+            bpy.ops.instascene.select_at_cursor()
+        bpy.context.scene.instascene.run_dir = str(run)
+        with pytest.raises(RuntimeError, match="not materialized"):
+            click(centroids["2"])
+        assert bpy.ops.instascene.materialize(run_dir=str(run)) == {"FINISHED"}
+        bpy.context.view_layer.update()
+
+        assert click(centroids["2"]) == {"FINISHED"}
+        assert [o.name for o in bpy.context.selected_objects] == ["instance_2"]
+        assert bpy.context.view_layer.objects.active.name == "instance_2"
+        assert fb.queries[-1]["run"] == str(run) and np.allclose(fb.queries[-1]["point"], centroids["2"], atol=1e-5)
+        assert click(centroids["1"] + 0.05) == {"FINISHED"}  # the mesh object, not its splats child
+        assert [o.name for o in bpy.context.selected_objects] == ["instance_1"]
+
+        # a moved and turned instance: the cursor on it is carried back into the scene's coordinates
+        moved = bpy.data.objects["instance_3"]
+        moved.location = (4.0, 3.0, 2.0)
+        moved.rotation_euler = (0.0, 0.0, 1.0)
+        bpy.context.view_layer.update()
+        assert click(moved.matrix_world @ Vector((0.05, 0.0, 0.0))) == {"FINISHED"}
+        assert np.allclose(fb.queries[-1]["point"], centroids["3"] + [0.05, 0, 0], atol=1e-5)
+        assert [o.name for o in bpy.context.selected_objects] == ["instance_3"]
+
+        # nothing there, the background: reported, the selection stays
+        assert click((20.0, 20.0, 20.0)) == {"FINISHED"} and fb.queries[-1]["point"] == [20.0, 20.0, 20.0]
+        assert click((0.0, 0.0, -1.0)) == {"FINISHED"}
+        assert [o.name for o in bpy.context.selected_objects] == ["instance_3"]
+
+        # backend errors are reports
+        fb.query_answer = lambda body: (400, {"detail": "pixel (96, 1) is outside view 'v' (96x72)"})
+        with pytest.raises(RuntimeError, match=r"400 to POST /query: pixel \(96, 1\) is outside"):
+            click(centroids["2"])
+        fb.query_answer = lambda body: (403, {"detail": f"run folder {body['run']!r} is outside the data roots"})
+        with pytest.raises(RuntimeError, match="403 to POST /query: run folder .* is outside the data roots"):
+            click(centroids["2"])
+        bpy.context.scene.instascene.run_dir = str(tmp_path / "elsewhere")
+        with pytest.raises(RuntimeError, match="run folder not found"):
+            click(centroids["2"])
+    bpy.context.scene.instascene.run_dir = str(run)
+    with pytest.raises(RuntimeError, match="cannot reach the backend"):
+        click(centroids["2"])
 
 
 def test_drain_applies_messages_directly():

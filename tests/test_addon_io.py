@@ -401,10 +401,12 @@ def test_io_layer_imports_without_bpy():
 
 # ====================================================================== HTTP client
 class FakeBackend:
-    """A stdlib HTTP server speaking the service contract; jobs advance one step per GET."""
+    """A stdlib HTTP server speaking the service contract; jobs advance one step per GET.
+    POST /query answers `query_answer(body)` -> (status, JSON); its bodies are kept in `queries`."""
 
     def __init__(self, token="s3cret", run_dir=""):
         self.token, self.run_dir, self.jobs, self.requests = token, run_dir, {}, []
+        self.queries, self.query_answer = [], lambda body: (404, {"detail": "not found"})
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -458,6 +460,9 @@ class FakeBackend:
                                        "kind": body["kind"], "run": body.get("run") or outer.run_dir,
                                        "options": body.get("options")}
                     return self._send(200, {"id": jid})
+                if self.path == "/query":
+                    outer.queries.append(body)
+                    return self._send(*outer.query_answer(body))
                 if self.path.endswith("/cancel"):
                     job = outer.jobs[self.path.split("/")[2]]
                     job.update(state="cancelled", message="cancelled by user")
@@ -523,6 +528,21 @@ def test_client_job_lifecycle_and_errors(tmp_path):
     service.check_connection(service.Client(fb.url, "s3cret", timeout=1), q)
     (msg,) = _drain(q)
     assert msg["state"] == "offline" and "cannot reach" in msg["message"]
+
+
+def test_client_query_sends_the_click():
+    with FakeBackend() as fb:
+        fb.query_answer = lambda body: (200, {"gaussian": 7, "instance": 2, "instance_gaussians": 40,
+                                              "similar_gaussians": 41, "similar_instances": {"2": 40, "-1": 1}})
+        client = service.Client(fb.url, "s3cret")
+        assert client.query("/runs/a", point=np.array([1, 2, 3.5]))["instance"] == 2
+        client.query("/runs/a", view="frame_0000", pixel=(4.0, 5.0), threshold=0.9, max_distance=0.1)
+        assert fb.queries == [{"run": "/runs/a", "point": [1.0, 2.0, 3.5]},
+                              {"run": "/runs/a", "view": "frame_0000", "pixel": [4, 5], "threshold": 0.9,
+                               "max_distance": 0.1}]
+        fb.query_answer = lambda body: (400, {"detail": "unknown view 'x'"})
+        with pytest.raises(service.ServiceError, match="400 to POST /query: unknown view 'x'"):
+            client.query("/runs/a", view="x", pixel=(0, 0))
 
 
 def test_start_backend_refuses_blenders_python(tmp_path):

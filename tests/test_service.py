@@ -1,7 +1,7 @@
 """The backend service (`instascene serve`) against a real uvicorn server in a subprocess.
 
 Job lifecycle (validate, render), cancel, two clients at once, restart during a job,
-tokens, path escapes, a malformed PLY, size limits, the 501 kinds, OpenAPI, files.
+tokens, path escapes, a malformed PLY, size limits, the 501 kinds, OpenAPI, files, click queries.
 """
 
 from __future__ import annotations
@@ -343,6 +343,86 @@ def test_upload_then_validate(server, data, tmp_path):
     ply = server.client.get("/files/uploads/scene/point_cloud.ply")
     assert ply.content == (local / "point_cloud.ply").read_bytes()
     assert server.client.put("/files/uploads/scene", content=b"x").status_code == 409  # a folder
+
+
+def query_scene(data: Path) -> tuple[Path, Path]:
+    """A small generated scene and a run folder made from its ground truth, with one-hot
+    features per label (so a click's similar set is exactly its instance)."""
+    from instascene.synth.generate import SynthOptions, generate_scene
+    from test_complete import make_run
+
+    scene, run = data / "qscene", data / "runs" / "q"
+    generate_scene(scene, SynthOptions(seed=5, objects=2, views=8, width=96, height=72, mask_noise=0.0))
+    make_run(scene, run)
+    labels = np.load(run / "labels.npy")
+    feats = np.zeros((len(labels), 16), np.float32)
+    feats[np.arange(len(labels)), labels + 1] = 1.0
+    np.save(run / "features.npy", feats)
+    return scene, run
+
+
+def test_query_click_to_select(server, data, tmp_path):
+    from scipy.ndimage import distance_transform_edt
+
+    from instascene.io.ply import read_ply
+
+    scene, run = query_scene(data)
+    labels = np.load(run / "labels.npy")
+    means = read_ply(scene / "point_cloud.ply").means
+
+    def query(**body):
+        return server.client.post("/query", json={"run": "runs/q", **body})
+
+    for k in np.unique(labels[labels >= 0]):
+        pts = means[labels == k]
+        near_centroid = pts[np.argmin(((pts - pts.mean(0)) ** 2).sum(1))] + 1e-4  # on its surface, by the centroid
+        r = query(point=near_centroid.tolist())
+        assert r.status_code == 200, r.text
+        a = r.json()
+        n = int((labels == k).sum())
+        assert a["instance"] == k and a["instance_gaussians"] == n and a["similar_gaussians"] == n
+        assert a["similar_instances"] == {str(k): n}
+    far = query(point=[5.0, 5.0, 5.0]).json()
+    assert far["instance"] is None and far["gaussian"] is None and far["similar_instances"] == {}
+    assert query(point=[5.0, 5.0, 5.0], max_distance=100.0).json()["instance"] is not None
+
+    # a pixel deep inside an object's ground-truth mask selects that object
+    gt = np.asarray(Image.open(scene / "gt/views/frame_0000.png"))
+    k = int(np.bincount(gt[gt > 0]).argmax()) - 1
+    y, x = np.unravel_index(np.argmax(distance_transform_edt(gt == k + 1)), gt.shape)
+    r = query(view="frame_0000", pixel=[int(x), int(y)])
+    assert r.status_code == 200 and r.json()["instance"] == k, r.text
+
+    r = query(view="frame_9999", pixel=[1, 1])
+    assert r.status_code == 400 and "unknown view 'frame_9999'" in r.json()["detail"]
+    r = query(view="frame_0000", pixel=[96, 10])
+    assert r.status_code == 400 and "outside view" in r.json()["detail"] and "96x72" in r.json()["detail"]
+    for body in ({"pixel": [1, 1]}, {}, {"point": [0, 0, 0], "view": "frame_0000", "pixel": [1, 1]}):
+        r = query(**body)
+        assert r.status_code == 400 and "'view'" in r.json()["detail"], (body, r.text)
+    for body in ({"point": [0, 0]}, {"point": [0, 0, 0], "colour": "red"}, {"point": [0, 0, 0], "max_distance": -1}):
+        assert query(**body).status_code == 422, body
+    r = query(run="small", point=[0, 0, 0])
+    assert r.status_code == 400 and "not a segmentation run folder" in r.json()["detail"]
+    r = query(run="runs/none", point=[0, 0, 0])
+    assert r.status_code == 404 and "run folder not found" in r.json()["detail"]
+
+    # outside the data roots: the run itself, or a run inside whose scene is outside
+    outside = tmp_path / "run"
+    outside.mkdir()
+    for name in ("labels.npy", "features.npy", "instances.json"):
+        (outside / name).write_bytes((run / name).read_bytes())
+    r = query(run=str(outside), point=[0, 0, 0])
+    assert r.status_code == 403 and "outside the data roots" in r.json()["detail"]
+    sneaky = data / "runs" / "sneaky"
+    sneaky.mkdir()
+    for name in ("labels.npy", "features.npy"):
+        (sneaky / name).write_bytes((run / name).read_bytes())
+    doc = json.loads((run / "instances.json").read_text())
+    (sneaky / "instances.json").write_text(json.dumps({**doc, "scene": str(tmp_path / "scene")}))
+    r = query(run="runs/sneaky", point=[0, 0, 0])
+    assert r.status_code == 403 and "the run's scene" in r.json()["detail"]
+    assert httpx.post(server.url + "/query", json={"run": "runs/q", "point": [0, 0, 0]}).status_code == 401
 
 
 def test_size_limits(server, data):

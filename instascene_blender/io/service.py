@@ -2,7 +2,8 @@
 
 Endpoints: GET /health (no token), GET /capabilities, POST /jobs
 {"kind", "scene", "run", "options"} -> {"id"}, GET /jobs/{id} -> state / progress /
-stage / message / run, POST /jobs/{id}/cancel. The token travels as
+stage / message / run, POST /jobs/{id}/cancel, POST /query {"run", "point" | "view" +
+"pixel"} -> the instance a click selects (answered at once, not a job). The token travels as
 ``Authorization: Bearer <token>``; it is read from a user-only file, by default
 ``$XDG_CONFIG_HOME/instascene/token`` or ``~/.config/instascene/token``.
 
@@ -64,7 +65,8 @@ class Client:
         handlers = [urllib.request.ProxyHandler({})] if is_loopback(url) else []
         self._opener = urllib.request.build_opener(*handlers)
 
-    def request(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
+    def request(self, method: str, path: str, body: dict | None = None, auth: bool = True,
+                timeout: float | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode("utf-8")
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Accept", "application/json")
@@ -73,7 +75,7 @@ class Client:
         if auth and self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
+            with self._opener.open(req, timeout=timeout or self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             detail = ""
@@ -114,6 +116,25 @@ class Client:
 
     def cancel(self, job_id: str) -> dict:
         return self.request("POST", f"/jobs/{urllib.parse.quote(str(job_id), safe='')}/cancel", {})
+
+    def query(self, run: str, point=None, view: str | None = None, pixel=None, threshold: float | None = None,
+              max_distance: float | None = None, timeout: float | None = None) -> dict:
+        """What a click at a 3D `point` (the scene's world) or a `pixel` of camera `view` selects:
+        {"gaussian", "instance" (-1 background, None nothing there), "instance_gaussians",
+        "similar_gaussians", "similar_instances"}."""
+        body = {"run": run}
+        if point is not None:
+            body["point"] = [float(v) for v in point]
+        if pixel is not None:
+            body["view"], body["pixel"] = view, [int(v) for v in pixel]
+        if threshold is not None:
+            body["threshold"] = float(threshold)
+        if max_distance is not None:
+            body["max_distance"] = float(max_distance)
+        answer = self.request("POST", "/query", body, timeout=timeout)
+        if "instance" not in answer:
+            raise ServiceError(f"backend sent no instance in its answer to /query: {answer!r}")
+        return answer
 
 
 # ------------------------------------------------------------------ worker-thread bodies

@@ -128,9 +128,11 @@ def gaussian_at_pixel(g, view, x: int, y: int) -> int | None:
     return int(c.gaussian[hit[0]]) if len(hit) else None
 
 
-def gaussian_near_point(means: np.ndarray, point, max_distance: float | None = None) -> int | None:
-    """The Gaussian whose centre is nearest to a 3D point (None if farther than max_distance)."""
-    d, i = cKDTree(means).query(np.asarray(point, dtype=np.float64))
+def gaussian_near_point(means: np.ndarray | cKDTree, point, max_distance: float | None = None) -> int | None:
+    """The Gaussian whose centre is nearest to a 3D point (None if farther than max_distance).
+    `means` may be a prebuilt cKDTree of them, for repeated clicks."""
+    tree = means if isinstance(means, cKDTree) else cKDTree(means)
+    d, i = tree.query(np.asarray(point, dtype=np.float64))
     return None if max_distance is not None and d > max_distance else int(i)
 
 

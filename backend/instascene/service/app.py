@@ -2,7 +2,8 @@
 
 Contract (contracts.md, kept; extended): GET /health (no token) · GET /capabilities ·
 POST /jobs {"kind", "scene", "run", "options"} -> the job (with its "id") · GET /jobs ·
-GET /jobs/{id} · POST /jobs/{id}/cancel · GET /jobs/{id}/log · PUT/GET /files/{path}.
+GET /jobs/{id} · POST /jobs/{id}/cancel · GET /jobs/{id}/log · PUT/GET /files/{path} ·
+POST /query {"run", "point" | "view" + "pixel"} -> what a click selects (answered at once).
 Errors are JSON {"detail": "<one clear line>"}; never a traceback.
 """
 
@@ -21,10 +22,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..errors import InstaSceneError
 from ..io.atomic import atomic_write
 from . import jobs
 from .capabilities import capabilities
@@ -92,6 +94,26 @@ class Health(BaseModel):
 class Upload(BaseModel):
     path: str
     size: int
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run: str = Field(description="segmentation run folder: absolute, or relative to the first data root")
+    point: list[FiniteFloat] | None = Field(None, min_length=3, max_length=3,
+                                            description="[x, y, z] in the scene's world coordinates")
+    view: str | None = Field(None, description="camera name of the scene, for a pixel")
+    pixel: list[int] | None = Field(None, min_length=2, max_length=2, description="[x, y] in `view`")
+    threshold: float = Field(0.8, ge=-1.0, le=1.0, description="feature cosine for the similar set")
+    max_distance: FiniteFloat | None = Field(None, gt=0, description="for a point: farthest Gaussian centre "
+                                             "still selected; default a few times the median spacing")
+
+
+class QueryAnswer(BaseModel):
+    gaussian: int | None = Field(description="the Gaussian clicked; null: nothing there")
+    instance: int | None = Field(description="its instance; -1: background; null: nothing there")
+    instance_gaussians: int
+    similar_gaussians: int = Field(description="Gaussians whose feature matches the clicked one")
+    similar_instances: dict[str, int] = Field(description="instance (-1: background) -> similar Gaussians in it")
 
 
 # ---------------------------------------------------------------------- app
@@ -209,6 +231,25 @@ def create_app(config: ServiceConfig) -> FastAPI:
     def job_log(job_id: str, tail: int = Query(200, ge=0, le=10000, description="how many last lines")):
         job_or_404(job_id)
         return {"id": job_id, "lines": store.log_tail(job_id, tail)}
+
+    @app.post("/query", response_model=QueryAnswer, tags=["query"])
+    def query(req: QueryRequest):
+        """Click-to-select on a segmented run, answered at once (not a job; the run stays
+        loaded for the next clicks). 400 for a folder that is no run, a bad view or pixel."""
+        from ..segment.query import query_run, run_scene_path  # torch: imported on the first click only
+
+        if (req.point is None) == (req.pixel is None):
+            raise HTTPException(400, "give either 'point' [x, y, z] or 'view' and 'pixel' [x, y]")
+        if req.pixel is not None and not req.view:
+            raise HTTPException(400, "a 'pixel' needs a 'view' (a camera name of the scene)")
+        run = roots.resolve(req.run, "run folder")
+        if not run.is_dir():
+            raise HTTPException(404, f"run folder not found: {req.run}")
+        try:
+            roots.resolve(str(run_scene_path(run)), "the run's scene")  # read only inside the roots
+            return query_run(run, req.point, req.view, req.pixel, req.threshold, req.max_distance)
+        except InstaSceneError as e:
+            raise HTTPException(400, str(e)) from None
 
     @app.get("/files/{path:path}", tags=["files"])
     def download(path: str):
