@@ -45,6 +45,23 @@ def test_tsdf_mesh_of_a_sphere_is_closed_and_right():
     assert np.percentile(dist, 95) < 2 * grid.size
 
 
+def test_an_object_on_another_stands_on_it_not_on_the_table():
+    """A box on a box is not extruded down to the table; a ball touching the table at
+    its unseen bottom still stands on it."""
+    from instascene.complete.shape import resting_on
+
+    rng = np.random.default_rng(0)
+    plane = (np.array([0.0, 0.0, 1.0]), 0.0)
+    lower = rng.uniform([-0.1, -0.1, 0.0], [0.1, 0.1, 0.1], (4000, 3))
+    upper = rng.uniform([-0.05, -0.05, 0.1], [0.05, 0.05, 0.2], (2000, 3))
+    assert not resting_on(upper, lower, plane, 0.005)
+    assert resting_on(lower, upper, plane, 0.005)
+    ball = rng.normal(size=(3000, 3))
+    ball = 0.05 * ball / np.linalg.norm(ball, axis=1, keepdims=True) + [0.3, 0, 0.05]
+    seen = ball[ball[:, 2] > 0.03]  # the bottom cap is hidden
+    assert resting_on(seen, np.concatenate([lower, upper]), plane, 0.005)
+
+
 @pytest.fixture(scope="module")
 def scene_and_run(tmp_path_factory):
     """A small built-in scene and a run folder from its ground-truth labels (as segmentation writes it)."""

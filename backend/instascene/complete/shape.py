@@ -91,6 +91,26 @@ def core_points(means: np.ndarray, spacing: float, link: float = 4.0, keep: floa
     return counts[lab] >= keep * counts.max()
 
 
+def resting_on(means: np.ndarray, others: np.ndarray, plane, spacing: float) -> bool:
+    """Does the object stand on the support plane? Not when something else lies under
+    it: then it rests on that (a toy on a box), and extruding it down to the table would
+    invent a column through the other object. The object's bottom itself is no test,
+    being unseen: a ball touches the table at one hidden point."""
+    if plane is None:
+        return False
+    if not len(others):
+        return True
+    n, d = plane
+    h, ho = means @ n + d, others @ n + d
+    below = others[(ho < np.percentile(h, 1)) & (ho > 2 * spacing)]
+    if not len(below):
+        return True
+    foot = means - h[:, None] * n[None]
+    under = below - (below @ n + d)[:, None] * n[None]
+    dist, _ = cKDTree(under).query(foot, k=1, distance_upper_bound=4 * spacing)
+    return bool(np.mean(np.isfinite(dist)) < 0.2)  # a fifth of its footprint over another object
+
+
 def object_box(means: np.ndarray, plane, pad: float) -> tuple[np.ndarray, np.ndarray]:
     """The observed extent padded by `pad` of it per side, reaching down to the plane
     (the object's bottom rests there, unseen)."""
@@ -110,7 +130,9 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
 
     spacing = surfel_spacing(means)
     means = means[core_points(means, spacing)]
-    lo, hi = object_box(means, plane, p.pad)
+    rests = resting_on(means, others, plane, spacing)
+    ground = plane if rests else None  # the plane the object stands on, if it does
+    lo, hi = object_box(means, ground, p.pad)
     grid = Grid.around(lo, hi, p.resolution)
     carving = carve(ev, instance, grid, p.margin_voxels * grid.size)
     hull = carving.free < p.min_free  # occlusion-aware visual hull (inflated by the margin)
@@ -123,7 +145,7 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     if p.convex_prior:  # only where it can matter: in and around the hull
         near = ndimage.binary_dilation(hull, iterations=3).reshape(-1)
         conv = np.full(len(centers), np.inf)
-        conv[near] = convex_extrusion_distance(centers[near], means, plane) / grid.size
+        conv[near] = convex_extrusion_distance(centers[near], means, ground) / grid.size
         bound = np.maximum(bound, conv)
     bound = bound.reshape(grid.shape)
     if len(others):
@@ -137,7 +159,7 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     observed = observed.reshape(grid.shape)
     occ = _main_parts(hull & (bound < 0), own[inside], p.min_component)
     mirror = None
-    if p.symmetry and plane is not None:
+    if p.symmetry and ground is not None:
         mirror = mirror_height(occ, grid, means, plane, p.symmetry_max_conflict)
         if mirror is not None:  # the mirror image of clearly empty space is empty
             hull &= ~mirrored_empty(occ, grid, plane, mirror) | observed
