@@ -33,7 +33,8 @@ class ShapeParams:
     opacity: float = 0.95
     symmetry: bool = True  # mirror the evidence about a horizontal plane when the object allows it
     symmetry_max_conflict: float = 0.12  # share of mirrored observed Gaussians allowed in empty space
-    convex_prior: bool = True  # stay inside the convex hull of the observed surface and its shadow on the plane
+    convex_prior: bool = True  # stay inside the convex hull of the observed surface and its footprint on the plane
+    footprint_band: float = 0.15  # the footprint: shadow of the observed surface this low (share of its height)
 
 
 @dataclass
@@ -145,7 +146,7 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     if p.convex_prior:  # only where it can matter: in and around the hull
         near = ndimage.binary_dilation(hull, iterations=3).reshape(-1)
         conv = np.full(len(centers), np.inf)
-        conv[near] = convex_extrusion_distance(centers[near], means, ground) / grid.size
+        conv[near] = convex_extrusion_distance(centers[near], means, ground, p.footprint_band) / grid.size
         bound = np.maximum(bound, conv)
     bound = bound.reshape(grid.shape)
     if len(others):
@@ -227,18 +228,23 @@ def mirrored_empty(occ: np.ndarray, grid: Grid, plane, height: float) -> np.ndar
     return _lookup(empty, grid, _mirror(grid.centers(), plane, height), True).reshape(grid.shape)
 
 
-def convex_extrusion_distance(points: np.ndarray, means: np.ndarray, plane) -> np.ndarray:
+def convex_extrusion_distance(points: np.ndarray, means: np.ndarray, plane, band: float = 1.0) -> np.ndarray:
     """Signed distance (> 0 outside, exact outside near faces) to the convex hull of the
-    observed Gaussians and their projections onto the support plane. Where no camera
-    could look (a gap closed in by neighbours) the visual hull alone cannot tell object
-    from air; an object on a table rarely reaches beyond the extrusion of what was seen
-    of it down to the table."""
+    observed Gaussians and their footprint: the shadow on the support plane of those
+    within `band` of the observed height above the lowest. Where no camera could look
+    (a gap closed in by neighbours, the space under an overhang) the visual hull alone
+    cannot tell object from air; an object on a table rarely reaches beyond what was
+    seen of it and the table under its lowest part. (A tilted box or prism overhangs:
+    the shadow of all of it would fill the space under it.)"""
     from scipy.spatial import ConvexHull, QhullError
 
     pts = means
     if plane is not None:
         n, d = plane
-        pts = np.concatenate([means, means - (means @ n + d)[:, None] * n[None]])
+        h = means @ n + d
+        lo, hi = np.percentile(h, [1, 99])
+        low = means[h <= lo + band * (hi - lo)]
+        pts = np.concatenate([means, low - (low @ n + d)[:, None] * n[None]])
     try:
         hull = ConvexHull(pts)
     except (QhullError, ValueError):  # flat or too few points: no constraint
