@@ -45,6 +45,23 @@ def test_tsdf_mesh_of_a_sphere_is_closed_and_right():
     assert np.percentile(dist, 95) < 2 * grid.size
 
 
+def test_the_space_under_an_overhang_is_not_filled_down_to_the_table():
+    """A box standing on one edge, tilted 45°: the convex prior reaches down to the table
+    only under its lowest part, not under the whole overhanging box."""
+    from instascene.complete.shape import convex_extrusion_distance
+
+    rng = np.random.default_rng(1)
+    u = rng.uniform(-0.05, 0.05, (5000, 3))
+    c, s_ = np.cos(np.pi / 4), np.sin(np.pi / 4)
+    box = u @ np.array([[c, 0, s_], [0, 1, 0], [-s_, 0, c]]).T + [0, 0, 0.05 * np.sqrt(2)]
+    plane = (np.array([0.0, 0.0, 1.0]), 0.0)
+    under_overhang = np.array([[0.06, 0.0, 0.01]])  # beside the contact edge, under the box
+    inside = np.array([[0.0, 0.0, 0.07]])
+    assert convex_extrusion_distance(under_overhang, box, plane, band=1.0)[0] < 0  # the old shadow
+    assert convex_extrusion_distance(under_overhang, box, plane, band=0.05)[0] > 0.01
+    assert convex_extrusion_distance(inside, box, plane, band=0.05)[0] < 0
+
+
 def test_an_object_on_another_stands_on_it_not_on_the_table():
     """A box on a box is not extruded down to the table; a ball touching the table at
     its unseen bottom still stands on it."""

@@ -25,7 +25,9 @@ class ShapeParams:
     resolution: int = 96  # voxels along the box's longest side
     pad: float = 0.15  # box padding, as a share of the observed extent per side
     margin_voxels: float = 1.0  # free-space and surface tolerance, in voxels
-    min_free: int = 2  # cameras that must see through a voxel to carve it
+    min_free: int = 2  # cameras that must see through a voxel near the observed surface to carve it
+    min_free_far: int = 1  # ... and farther than `near_voxels` from it (a bulging hull costs more there)
+    near_voxels: int = 2
     min_component: float = 0.05  # keep hull parts holding this share of the observed Gaussians
     smooth_voxels: float = 0.7  # Gaussian smoothing of the occupancy before marching cubes
     gap: float = 2.0  # new surfels only farther than gap x spacing from an observed one
@@ -34,7 +36,8 @@ class ShapeParams:
     symmetry: bool = True  # mirror the evidence about a horizontal plane when the object allows it
     symmetry_max_conflict: float = 0.12  # share of mirrored observed Gaussians allowed in empty space
     convex_prior: bool = True  # stay inside the convex hull of the observed surface and its footprint on the plane
-    footprint_band: float = 0.15  # the footprint: shadow of the observed surface this low (share of its height)
+    footprint_band: float = 0.05  # the footprint: shadow of the observed surface this low (share of its height)
+    footprint_taper: float = 0.0  # unseen bottom slopes inwards: horizontal shrink per unit of height above the table
 
 
 @dataclass
@@ -136,7 +139,19 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     lo, hi = object_box(means, ground, p.pad)
     grid = Grid.around(lo, hi, p.resolution)
     carving = carve(ev, instance, grid, p.margin_voxels * grid.size)
-    hull = carving.free < p.min_free  # occlusion-aware visual hull (inflated by the margin)
+    own, inside = grid.index(means)
+    observed = np.zeros(int(np.prod(grid.shape)), bool)
+    observed[own[inside]] = True
+    observed = observed.reshape(grid.shape)
+    # occlusion-aware visual hull (inflated by the margin). Away from the observed
+    # surface one camera's free space is enough where it is broad (an opening removes
+    # the thin tunnels of stray far depths); near it, where a depth edge can be off, two
+    by_surface = ndimage.binary_dilation(observed, iterations=p.near_voxels)
+    carved = carving.free >= p.min_free
+    if p.min_free_far < p.min_free:
+        broad = ndimage.binary_opening(carving.free >= p.min_free_far, iterations=1)
+        carved |= broad & ~by_surface
+    hull = ~carved
     centers = grid.centers()
     # hard bounds as signed distances (voxels, > 0 outside): exact surfaces where they bind
     bound = np.full(len(centers), -np.inf)
@@ -146,18 +161,15 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     if p.convex_prior:  # only where it can matter: in and around the hull
         near = ndimage.binary_dilation(hull, iterations=3).reshape(-1)
         conv = np.full(len(centers), np.inf)
-        conv[near] = convex_extrusion_distance(centers[near], means, ground, p.footprint_band) / grid.size
+        conv[near] = convex_extrusion_distance(centers[near], means, ground, p.footprint_band,
+                                               p.footprint_taper, 3 * spacing) / grid.size
         bound = np.maximum(bound, conv)
     bound = bound.reshape(grid.shape)
     if len(others):
-        idx, inside = grid.index(others)
+        idx, hit = grid.index(others)
         taken = np.zeros(hull.size, bool)
-        taken[idx[inside]] = True
+        taken[idx[hit]] = True
         hull &= ~ndimage.binary_dilation(taken.reshape(grid.shape), iterations=1)
-    own, inside = grid.index(means)
-    observed = np.zeros(hull.size, bool)
-    observed[own[inside]] = True
-    observed = observed.reshape(grid.shape)
     occ = _main_parts(hull & (bound < 0), own[inside], p.min_component)
     mirror = None
     if p.symmetry and ground is not None:
@@ -228,7 +240,8 @@ def mirrored_empty(occ: np.ndarray, grid: Grid, plane, height: float) -> np.ndar
     return _lookup(empty, grid, _mirror(grid.centers(), plane, height), True).reshape(grid.shape)
 
 
-def convex_extrusion_distance(points: np.ndarray, means: np.ndarray, plane, band: float = 1.0) -> np.ndarray:
+def convex_extrusion_distance(points: np.ndarray, means: np.ndarray, plane, band: float = 1.0,
+                              taper: float = 0.0, contact: float = 0.0) -> np.ndarray:
     """Signed distance (> 0 outside, exact outside near faces) to the convex hull of the
     observed Gaussians and their footprint: the shadow on the support plane of those
     within `band` of the observed height above the lowest. Where no camera could look
@@ -243,8 +256,15 @@ def convex_extrusion_distance(points: np.ndarray, means: np.ndarray, plane, band
         n, d = plane
         h = means @ n + d
         lo, hi = np.percentile(h, [1, 99])
-        low = means[h <= lo + band * (hi - lo)]
-        pts = np.concatenate([means, low - (low @ n + d)[:, None] * n[None]])
+        sel = h <= lo + band * (hi - lo)
+        low, hl = means[sel], h[sel]
+        shadow = low - hl[:, None] * n[None]
+        if taper > 0:  # seen from above the table, not down to it: the hidden bottom narrows
+            off = shadow - shadow.mean(0)
+            r = np.linalg.norm(off, axis=1, keepdims=True)
+            pull = np.minimum(taper * np.maximum(hl - contact, 0.0)[:, None], r)
+            shadow = shadow - off / np.maximum(r, 1e-12) * pull
+        pts = np.concatenate([means, shadow])
     try:
         hull = ConvexHull(pts)
     except (QhullError, ValueError):  # flat or too few points: no constraint
