@@ -37,7 +37,7 @@ class ShapeParams:
     symmetry_max_conflict: float = 0.12  # share of mirrored observed Gaussians allowed in empty space
     convex_prior: bool = True  # stay inside the convex hull of the observed surface and its footprint on the plane
     footprint_band: float = 0.05  # the footprint: shadow of the observed surface this low (share of its height)
-    footprint_taper: float = 0.0  # unseen bottom slopes inwards: horizontal shrink per unit of height above the table
+    footprint_taper: float = 1.0  # unseen bottom slopes inwards: horizontal shrink per unit of height above the table
 
 
 @dataclass
