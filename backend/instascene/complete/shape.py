@@ -95,6 +95,12 @@ def core_points(means: np.ndarray, spacing: float, link: float = 4.0, keep: floa
     return counts[lab] >= keep * counts.max()
 
 
+def _onto_plane(points: np.ndarray, plane) -> np.ndarray:
+    """The points' shadows: straight down onto the plane."""
+    n, d = plane
+    return points - (points @ n + d)[:, None] * n[None]
+
+
 def resting_on(means: np.ndarray, others: np.ndarray, plane, spacing: float) -> bool:
     """Does the object stand on the support plane? Not when something else lies under
     it: then it rests on that (a toy on a box), and extruding it down to the table would
@@ -109,19 +115,15 @@ def resting_on(means: np.ndarray, others: np.ndarray, plane, spacing: float) -> 
     below = others[(ho < np.percentile(h, 1)) & (ho > 2 * spacing)]
     if not len(below):
         return True
-    foot = means - h[:, None] * n[None]
-    under = below - (below @ n + d)[:, None] * n[None]
-    dist, _ = cKDTree(under).query(foot, k=1, distance_upper_bound=4 * spacing)
+    dist, _ = cKDTree(_onto_plane(below, plane)).query(_onto_plane(means, plane), k=1,
+                                                       distance_upper_bound=4 * spacing)
     return bool(np.mean(np.isfinite(dist)) < 0.2)  # a fifth of its footprint over another object
 
 
 def object_box(means: np.ndarray, plane, pad: float) -> tuple[np.ndarray, np.ndarray]:
     """The observed extent padded by `pad` of it per side, reaching down to the plane
     (the object's bottom rests there, unseen)."""
-    pts = means
-    if plane is not None:
-        n, d = plane
-        pts = np.concatenate([means, means - (means @ n + d)[:, None] * n[None]])
+    pts = means if plane is None else np.concatenate([means, _onto_plane(means, plane)])
     lo, hi = pts.min(0), pts.max(0)
     ext = np.maximum(hi - lo, 1e-6)
     return lo - pad * ext.max(), hi + pad * ext.max()
@@ -134,8 +136,7 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
 
     spacing = surfel_spacing(means)
     means = means[core_points(means, spacing)]
-    rests = resting_on(means, others, plane, spacing)
-    ground = plane if rests else None  # the plane the object stands on, if it does
+    ground = plane if resting_on(means, others, plane, spacing) else None  # the plane it stands on, if it does
     lo, hi = object_box(means, ground, p.pad)
     grid = Grid.around(lo, hi, p.resolution)
     carving = carve(ev, instance, grid, p.margin_voxels * grid.size)
@@ -257,8 +258,7 @@ def convex_extrusion_distance(points: np.ndarray, means: np.ndarray, plane, band
         h = means @ n + d
         lo, hi = np.percentile(h, [1, 99])
         sel = h <= lo + band * (hi - lo)
-        low, hl = means[sel], h[sel]
-        shadow = low - hl[:, None] * n[None]
+        shadow, hl = _onto_plane(means[sel], plane), h[sel]
         if taper > 0:  # seen from above the table, not down to it: the hidden bottom narrows
             off = shadow - shadow.mean(0)
             r = np.linalg.norm(off, axis=1, keepdims=True)
