@@ -79,6 +79,25 @@ def test_an_object_on_another_stands_on_it_not_on_the_table():
     assert resting_on(seen, np.concatenate([lower, upper]), plane, 0.005)
 
 
+def test_a_box_stands_on_a_face_a_ball_does_not():
+    """The seen sides of a box come down to the table all around; a ball's lowest seen
+    ring is well above it (its contact point is hidden)."""
+    from instascene.complete.shape import flat_bottomed
+
+    rng = np.random.default_rng(2)
+    plane = (np.array([0.0, 0.0, 1.0]), 0.0)
+    n = 6000  # points on the four sides (the bottom is unseen) and the top
+    side, t, z = rng.integers(0, 4, n), rng.uniform(-0.05, 0.05, n), rng.uniform(0.0, 0.08, n)
+    x = np.select([side == 0, side == 1], [-0.05, 0.05], t)
+    y = np.select([side == 2, side == 3], [-0.05, 0.05], t)
+    box = np.stack([x, y, z], axis=1)
+    top = rng.uniform([-0.05, -0.05, 0.08], [0.05, 0.05, 0.08], (1500, 3))
+    assert flat_bottomed(np.concatenate([box, top]), plane, 0.002, 2.5)
+    ball = rng.normal(size=(6000, 3))
+    ball = 0.05 * ball / np.linalg.norm(ball, axis=1, keepdims=True) + [0, 0, 0.05]
+    assert not flat_bottomed(ball[ball[:, 2] > 0.015], plane, 0.002, 2.5)
+
+
 @pytest.fixture(scope="module")
 def scene_and_run(tmp_path_factory):
     """A small built-in scene and a run folder from its ground-truth labels (as segmentation writes it)."""

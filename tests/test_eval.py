@@ -63,6 +63,23 @@ def test_sample_surface_is_area_weighted_and_deterministic():
     assert sample_surface((np.zeros((3, 3)), np.array([[0, 1, 2]])), 10).shape == (0, 3)  # no area
 
 
+def test_splat_discs_are_sampled_by_area():
+    """A surfel with 8x the radius gets 64x the points: the score weighs surface, not
+    surfels (a cap per surfel made a few big observed discs count less than the many
+    small new ones)."""
+    from instascene.eval.completion import splat_surface_points
+    from instascene.io.splats import Splats
+
+    n = 2
+    s = Splats(means=np.array([[0, 0, 0], [1, 0, 0]], np.float32), quats=np.tile([1, 0, 0, 0], (n, 1)).astype(np.float32),
+               log_scales=np.log(np.array([[0.01, 0.01], [0.08, 0.08]], np.float32)),
+               opacity_logits=np.full(n, 5.0, np.float32), sh_dc=np.zeros((n, 3), np.float32),
+               sh_rest=np.zeros((n, 0, 3), np.float32))
+    pts = splat_surface_points(s, spacing=0.002)
+    small, big = (pts[:, 0] < 0.5).sum(), (pts[:, 0] > 0.5).sum()
+    assert big / small == pytest.approx(64, rel=0.05)
+
+
 def test_chamfer_analytic(sphere_pts):
     _, a, b = sphere_pts
     same = chamfer_l1(a, b)

@@ -8,6 +8,8 @@ the tracker's criterion). From these maps alone:
     it and saw something farther), observed (at the object's own visible surface) or
     unseen — the occlusion-aware visual hull: a voxel is only carved with free-space
     evidence, so what hides behind another object stays, as InstaScene's unseen grid;
+  * `views_through`: per point, the cameras that saw farther than it (it is air: a hull
+    too loose where few cameras looked gets no new surface there);
   * `camera_scores`: per real camera, the share of the object's projected volume that
     the camera sees unoccluded (InstaScene's `filter_occ_cam`, on the voxel grid instead
     of a mesh): the best cameras condition the fine-tune.
@@ -123,6 +125,16 @@ def carve(ev: SceneEvidence, instance: int, grid: Grid, margin: float) -> Carvin
         surf[idx[(np.abs(z[idx] - d) <= margin) & (lab == instance)]] += 1
     sh = grid.shape
     return Carving(grid, free.reshape(sh), surf.reshape(sh), seen.reshape(sh))
+
+
+def views_through(ev: SceneEvidence, points: np.ndarray, tol: float) -> np.ndarray:
+    """Per point, the cameras whose visible surface lies more than `tol` behind it."""
+    count = np.zeros(len(points), np.int32)
+    for cam, depth in zip(ev.cameras, ev.depth):
+        u, v, z = project(cam, points)
+        ok = np.flatnonzero((z > 1e-6) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height))
+        count[ok[depth[v[ok], u[ok]] > z[ok] + tol]] += 1
+    return count
 
 
 def camera_scores(ev: SceneEvidence, instance: int, points: np.ndarray, margin: float) -> np.ndarray:

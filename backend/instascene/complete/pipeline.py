@@ -179,7 +179,7 @@ def complete_instance(scene, splats, labels, ev: SceneEvidence, plane, k: int, g
     else:
         others = means[labels != k]
     shp = close_shape(ev, k, observed.means.astype(np.float64), others, plane, p.shape)
-    new = unseen_surfels(shp, observed, p.shape, p.seed)
+    new = unseen_surfels(shp, observed, ev, p.shape, p.seed)
     full = concat_splats(observed, new)
     is_new = np.r_[np.zeros(len(observed), bool), np.ones(len(new), bool)]
 
@@ -252,6 +252,8 @@ def complete_instance(scene, splats, labels, ev: SceneEvidence, plane, k: int, g
         "observed_gaussians": int(len(observed)),
         "new_gaussians": int(len(new)),
         "mirror_height": None if shp.mirror_height is None else round(shp.mirror_height, 6),
+        "stands_on_table": shp.ground is not None,
+        "flat_bottom": shp.flat_bottom,
         "unseen_pixel_share": round(unseen_share, 4),
         "ring": {"views": len(ring), "elevation_deg": p.ring.elevation_deg, "size": p.ring.size,
                  "aligned_to": ev.cameras[int(best[0])].name},

@@ -17,7 +17,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..io.splats import SH_C0, Splats
-from .evidence import Carving, Grid, SceneEvidence, carve
+from .evidence import Carving, Grid, SceneEvidence, carve, views_through
 
 
 @dataclass
@@ -33,11 +33,14 @@ class ShapeParams:
     gap: float = 2.0  # new surfels only farther than gap x spacing from an observed one
     max_new: int = 30000  # at most this many new surfels per object
     opacity: float = 0.95
+    through_tolerance: float = 2.0  # voxels: a camera that saw this far beyond a point saw air there
     symmetry: bool = True  # mirror the evidence about a horizontal plane when the object allows it
     symmetry_max_conflict: float = 0.12  # share of mirrored observed Gaussians allowed in empty space
     convex_prior: bool = True  # stay inside the convex hull of the observed surface and its footprint on the plane
     footprint_band: float = 0.05  # the footprint: shadow of the observed surface this low (share of its height)
     footprint_taper: float = 1.0  # unseen bottom slopes inwards: horizontal shrink per unit of height above the table
+    flat_contact: float = 2.5  # flat-bottomed: the seen surface comes this close to the table (spacings) around it
+    open_round_bottom: bool = True  # no new surfels on the table under an object that is not flat-bottomed
 
 
 @dataclass
@@ -48,6 +51,8 @@ class ClosedShape:
     faces: np.ndarray  # [F, 3]
     spacing: float  # observed surfel spacing (median nearest-neighbour distance)
     mirror_height: float | None = None  # height above the plane of the symmetry plane used, if any
+    ground: tuple | None = None  # the support plane (n, d) the object stands on, if it does
+    flat_bottom: bool = False  # ... with a flat face on it
 
     @property
     def grid(self) -> Grid:
@@ -120,6 +125,25 @@ def resting_on(means: np.ndarray, others: np.ndarray, plane, spacing: float) -> 
     return bool(np.mean(np.isfinite(dist)) < 0.2)  # a fifth of its footprint over another object
 
 
+def flat_bottomed(means: np.ndarray, plane, spacing: float, contact: float, sectors: int = 24) -> bool:
+    """Does the object stand on a flat face? Its seen sides then come down to the table
+    all around (a box, a cylinder, a prism on a face): in most directions around the
+    footprint's centre the lowest observed Gaussian is within `contact` spacings of the
+    plane. A ball, a duck or a bunny touches the table at hidden points only."""
+    n, _ = plane
+    h = means @ n + plane[1]
+    shadow = _onto_plane(means, plane)
+    centre = shadow[h <= np.percentile(h, 5)].mean(0)
+    a = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
+    a /= np.linalg.norm(a)
+    off = shadow - centre
+    angle = np.arctan2(off @ np.cross(n, a), off @ a)
+    sector = np.minimum(((angle + np.pi) / (2 * np.pi) * sectors).astype(np.int64), sectors - 1)
+    lowest = np.full(sectors, np.inf)
+    np.minimum.at(lowest, sector, h)
+    return bool(np.median(lowest[np.isfinite(lowest)]) <= contact * spacing)
+
+
 def object_box(means: np.ndarray, plane, pad: float) -> tuple[np.ndarray, np.ndarray]:
     """The observed extent padded by `pad` of it per side, reaching down to the plane
     (the object's bottom rests there, unseen)."""
@@ -184,10 +208,14 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     sdf = ndimage.gaussian_filter(sdf.astype(np.float32), p.smooth_voxels) - p.margin_voxels
     field = np.clip(np.minimum(sdf, -bound), -8.0, 8.0)
     field[~ndimage.binary_dilation(occ, iterations=2)] = -1.0  # only the kept parts
+    # a void sealed inside the object (free space from a few rays through a thin or
+    # translucent patch of the surface) is no surface any camera could have seen
+    field[ndimage.binary_fill_holes(field > 0) & (field <= 0)] = 1.0
     verts, faces, _, _ = marching_cubes(np.pad(field, 2, constant_values=-1.0), 0.0, gradient_direction="ascent")
     verts = grid.origin + (verts - 2 + 0.5) * grid.size
     occ = field > 0
-    return ClosedShape(carving, occ, verts, faces.astype(np.int64), spacing, mirror)
+    flat = ground is not None and flat_bottomed(means, ground, spacing, p.flat_contact)
+    return ClosedShape(carving, occ, verts, faces.astype(np.int64), spacing, mirror, ground, flat)
 
 
 def _main_parts(occ: np.ndarray, observed_index: np.ndarray, min_share: float) -> np.ndarray:
@@ -298,10 +326,12 @@ def idw_colors(src_points: np.ndarray, src_colors: np.ndarray, points: np.ndarra
     return (src_colors[i] * w[..., None]).sum(1) / w.sum(1, keepdims=True)
 
 
-def unseen_surfels(shape: ClosedShape, observed: Splats, p: ShapeParams, seed: int = 0) -> Splats:
+def unseen_surfels(shape: ClosedShape, observed: Splats, ev: SceneEvidence, p: ShapeParams, seed: int = 0) -> Splats:
     """New 2DGS surfels on the closed surface where no observed surfel lies, about one
     per observed spacing, coloured from the nearest observed surfels (a starting point
-    the fine-tune refines)."""
+    the fine-tune refines). None where a camera saw through the closed surface: the
+    hull is loose there (it keeps space only two cameras' free space may carve near the
+    observed surface), and the point is air."""
     from ..io.rotations import rotmat_to_quat
     from ..synth.surfels import tangent_frames
 
@@ -310,6 +340,11 @@ def unseen_surfels(shape: ClosedShape, observed: Splats, p: ShapeParams, seed: i
     d, _ = cKDTree(observed.means).query(pts)
     far = d > p.gap * max(spacing, 0.5 * shape.grid.size)
     pts, normals = pts[far], normals[far]
+    solid = views_through(ev, pts, p.through_tolerance * shape.grid.size) == 0
+    if shape.ground is not None and not shape.flat_bottom and p.open_round_bottom:
+        n, d = shape.ground  # the hull's cut at the table is no face of a round-bottomed object
+        solid &= pts @ n + d > shape.grid.size
+    pts, normals = pts[solid], normals[solid]
     n = len(pts)
     colors = idw_colors(observed.means.astype(np.float64), observed.base_colors().astype(np.float64), pts)
     sigma = np.full(n, 0.9 * spacing)

@@ -78,15 +78,15 @@ def splat_surface_points(
     spacing: float,
     extent: float = 1.5,
     min_opacity: float = 0.1,
-    max_per_splat: int = 64,
     max_points: int = 2_000_000,
     seed: int = 0,
 ) -> np.ndarray:
-    """Points covering the surfel discs: about one per `spacing`² of disc area (at least one,
-    at most `max_per_splat` per surfel, `max_points` in all), uniform inside the ellipse of
-    `extent` x the tangent scales (1.5: where an opaque surfel's alpha has fallen to about
-    0.3; at 1.0 neighbouring discs of a generated scene leave gaps); surfels below
-    `min_opacity` are skipped. 3DGS splats are flattened to their two largest axes first."""
+    """Points covering the surfel discs: about one per `spacing`² of disc area (at least one
+    per surfel; all counts scaled down alike beyond `max_points`: every surface weighs by
+    its area, whatever the size of its surfels), uniform inside the ellipse of `extent` x
+    the tangent scales (1.5: where an opaque surfel's alpha has fallen to about 0.3; at
+    1.0 neighbouring discs of a generated scene leave gaps); surfels below `min_opacity`
+    are skipped. 3DGS splats are flattened to their two largest axes first."""
     from ..io.rotations import quat_to_rotmat
 
     s = splats.to_2dgs()
@@ -97,7 +97,7 @@ def splat_surface_points(
     scales = s.scales()[keep].astype(np.float64) * extent
     R = quat_to_rotmat(s.unit_quats()[keep].astype(np.float64))
     area = np.pi * scales[:, 0] * scales[:, 1]
-    counts = np.clip(np.ceil(area / (spacing * spacing)), 1, max_per_splat).astype(np.int64)
+    counts = np.maximum(np.ceil(area / (spacing * spacing)), 1).astype(np.int64)
     if counts.sum() > max_points:
         counts = np.maximum(1, np.floor(counts * (max_points / counts.sum()))).astype(np.int64)
     idx = np.repeat(np.arange(len(means)), counts)
