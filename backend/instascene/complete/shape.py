@@ -29,7 +29,7 @@ class ShapeParams:
     min_free_far: int = 1  # ... and farther than `near_voxels` from it (a bulging hull costs more there)
     near_voxels: int = 2
     min_component: float = 0.05  # keep hull parts holding this share of the observed Gaussians
-    smooth_voxels: float = 0.7  # Gaussian smoothing of the occupancy before marching cubes
+    smooth_voxels: float = 1.1  # Gaussian smoothing of the occupancy before marching cubes
     gap: float = 2.0  # new surfels only farther than gap x spacing from an observed one
     max_new: int = 30000  # at most this many new surfels per object
     opacity: float = 0.95
@@ -342,8 +342,8 @@ def unseen_surfels(shape: ClosedShape, observed: Splats, ev: SceneEvidence, p: S
     pts, normals = pts[far], normals[far]
     solid = views_through(ev, pts, p.through_tolerance * shape.grid.size) == 0
     if shape.ground is not None and not shape.flat_bottom and p.open_round_bottom:
-        n, d = shape.ground  # the hull's cut at the table is no face of a round-bottomed object
-        solid &= pts @ n + d > shape.grid.size
+        gn, gd = shape.ground  # the hull's cut at the table is no face of a round-bottomed object
+        solid &= pts @ gn + gd > shape.grid.size
     pts, normals = pts[solid], normals[solid]
     n = len(pts)
     colors = idw_colors(observed.means.astype(np.float64), observed.base_colors().astype(np.float64), pts)
