@@ -102,6 +102,11 @@ def project(cam, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return u, v, z
 
 
+def in_frame(cam, u: np.ndarray, v: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Which projected points lie in front of the camera and inside its image."""
+    return (z > 1e-6) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+
+
 def carve(ev: SceneEvidence, instance: int, grid: Grid, margin: float) -> Carving:
     """Count, per voxel, the cameras that show free space through it (the visible surface
     lies more than `margin` behind it, the pixel is empty, or another surface than this
@@ -113,7 +118,7 @@ def carve(ev: SceneEvidence, instance: int, grid: Grid, margin: float) -> Carvin
     seen = np.zeros(len(pts), np.int16)
     for cam, depth, label in zip(ev.cameras, ev.depth, ev.label):
         u, v, z = project(cam, pts)
-        ok = (z > 1e-6) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+        ok = in_frame(cam, u, v, z)
         idx = np.flatnonzero(ok)
         d = depth[v[idx], u[idx]]
         lab = label[v[idx], u[idx]]
@@ -132,7 +137,7 @@ def views_through(ev: SceneEvidence, points: np.ndarray, tol: float) -> np.ndarr
     count = np.zeros(len(points), np.int32)
     for cam, depth in zip(ev.cameras, ev.depth):
         u, v, z = project(cam, points)
-        ok = np.flatnonzero((z > 1e-6) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height))
+        ok = np.flatnonzero(in_frame(cam, u, v, z))
         count[ok[depth[v[ok], u[ok]] > z[ok] + tol]] += 1
     return count
 
@@ -144,7 +149,7 @@ def camera_scores(ev: SceneEvidence, instance: int, points: np.ndarray, margin: 
     scores = np.zeros(len(ev.cameras))
     for c, (cam, depth, label) in enumerate(zip(ev.cameras, ev.depth, ev.label)):
         u, v, z = project(cam, points)
-        ok = (z > 1e-6) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+        ok = in_frame(cam, u, v, z)
         if not ok.any():
             continue
         d, lab = depth[v[ok], u[ok]], label[v[ok], u[ok]]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .evidence import Grid, project
+from .evidence import Grid, in_frame, project
 
 
 @dataclass
@@ -55,7 +55,7 @@ def fuse_tsdf(cameras, depth: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi:
     carved = np.zeros(len(pts), bool)
     for cam, d_map, a_map in zip(cameras, depth, alpha):
         u, v, z = project(cam, pts)
-        ok = (z > 1e-6) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+        ok = in_frame(cam, u, v, z)
         idx = np.flatnonzero(ok)
         d = d_map[v[idx], u[idx]]
         hit = a_map[v[idx], u[idx]] > 0.5

@@ -28,7 +28,7 @@ from ..errors import InstaSceneError
 from ..io.atomic import atomic_write
 from ..io.ply import write_ply
 from ..io.splats import SH_C0
-from .evidence import NOTHING, SceneEvidence, camera_scores, project, scene_evidence
+from .evidence import NOTHING, SceneEvidence, camera_scores, in_frame, project, scene_evidence
 from .finetune import FinetuneParams, FitView, fit_colors
 from .generator import GenerationTask
 from .mesh import Mesh, MeshParams, extract_mesh, fuse_tsdf, vertex_colors
@@ -273,7 +273,7 @@ def _ring_occlusion(ring, depth: np.ndarray, covered: np.ndarray, others: np.nda
     out = np.zeros_like(covered)
     for v, cam in enumerate(ring):
         u, w, z = project(cam, others)
-        ok = (z > 1e-6) & (u >= 0) & (u < cam.width) & (w >= 0) & (w < cam.height)
+        ok = in_frame(cam, u, w, z)
         bw, bh = -(-cam.width // cell), -(-cam.height // cell)
         zbuf = np.full(bw * bh, np.inf)
         np.minimum.at(zbuf, (w[ok] // cell) * bw + u[ok] // cell, z[ok])

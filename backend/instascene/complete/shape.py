@@ -130,14 +130,15 @@ def flat_bottomed(means: np.ndarray, plane, spacing: float, contact: float, sect
     all around (a box, a cylinder, a prism on a face): in most directions around the
     footprint's centre the lowest observed Gaussian is within `contact` spacings of the
     plane. A ball, a duck or a bunny touches the table at hidden points only."""
-    n, _ = plane
-    h = means @ n + plane[1]
+    from ..synth.surfels import tangent_frames
+
+    n, d = plane
+    h = means @ n + d
     shadow = _onto_plane(means, plane)
     centre = shadow[h <= np.percentile(h, 5)].mean(0)
-    a = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
-    a /= np.linalg.norm(a)
+    a, b, _ = tangent_frames(np.asarray(n, np.float64)[None])[0].T  # axes in the plane
     off = shadow - centre
-    angle = np.arctan2(off @ np.cross(n, a), off @ a)
+    angle = np.arctan2(off @ b, off @ a)
     sector = np.minimum(((angle + np.pi) / (2 * np.pi) * sectors).astype(np.int64), sectors - 1)
     lowest = np.full(sectors, np.inf)
     np.minimum.at(lowest, sector, h)
