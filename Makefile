@@ -4,10 +4,11 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+NUMPY2 := $(VENV)/numpy2/.installed
 
 .PHONY: setup test demo bench clean addon
 
-setup: $(STAMP)
+setup: $(STAMP) $(NUMPY2)
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +17,14 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	$(PY) -m pip install --quiet -e .
 	@touch $(STAMP)
 
-test: $(STAMP)
+# A second interpreter with numpy 2 only: the add-on's io layer is tested under it too
+# (Blender 5.1 bundles numpy 2; bpy 5.0.1 pins numpy<2).
+$(NUMPY2): $(STAMP)
+	@test -x $(VENV)/numpy2/bin/python || $(PYTHON) -m venv $(VENV)/numpy2
+	$(VENV)/numpy2/bin/python -m pip install --quiet "numpy>=2,<3"
+	@touch $(NUMPY2)
+
+test: $(STAMP) $(NUMPY2)
 	$(PY) -m pytest -q -n 2 tests
 
 demo: $(STAMP)
