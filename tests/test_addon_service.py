@@ -160,6 +160,8 @@ def test_segment_and_materialize_generated_scene(backend):
     materialized), Complete (materialized again with meshes). About 3 minutes on 2 cores."""
     import subprocess
 
+    from instascene_blender.blender.materialize import find_run_collection
+
     _clear_objects()
     scene = backend / "synth"
     r = subprocess.run([sys.executable, "-m", "instascene", "synth", str(scene), "--seed", "0"],
@@ -171,13 +173,15 @@ def test_segment_and_materialize_generated_scene(backend):
     st = bpy.context.window_manager.instascene
     assert st.job_state == "done", (st.job_state, st.stage, st.last_error)
     run = str(backend / "runs" / "synth")
-    coll = next(c for c in bpy.data.collections if c.get("instascene_run") == run)  # auto-materialized
+    coll = find_run_collection(run)  # auto-materialized
+    assert coll is not None
     assert coll.name.startswith("synth")  # named after the run folder (.001: the scene took "synth")
     assert sum(o.name.startswith("instance_") for o in coll.objects) >= 2
     assert bpy.data.objects["synth_splats"].hide_render  # the whole scene gives way to its pieces
     _run(bpy.ops.instascene.complete, timeout=1800)
     assert st.job_state == "done", (st.job_state, st.stage, st.last_error)
-    coll = next(c for c in bpy.data.collections if c.get("instascene_run") == run)  # materialized again
+    coll = find_run_collection(run)  # materialized again (a new collection)
+    assert coll is not None
     meshes = [o for o in coll.objects if o.name.startswith("instance_") and o.type == "MESH"]
     assert len(meshes) >= 2  # completed instances come back as meshes with their splats
 
@@ -189,9 +193,9 @@ def test_complete_selected_and_materialize(backend):
 
     from test_complete import make_run
 
-    _clear_objects()
     from instascene.synth.generate import SynthOptions, generate_scene
 
+    _clear_objects()
     scene = backend / "small_synth"
     generate_scene(scene, SynthOptions(seed=5, objects=2, views=12, width=128, height=96, mask_noise=0.0))
     run = make_run(scene, backend / "runs" / "small_synth")
