@@ -98,6 +98,46 @@ def test_a_box_stands_on_a_face_a_ball_does_not():
     assert not flat_bottomed(ball[ball[:, 2] > 0.015], plane, 0.002, 2.5)
 
 
+def _seen_from_above(inside, grid):
+    """The visual hull of cameras looking down: every voxel under the object's top
+    surface is kept (its bottom and what lies under it were never seen)."""
+    occ = inside.reshape(grid.shape)
+    return np.flip(np.logical_or.accumulate(np.flip(occ, axis=2), axis=2), axis=2)
+
+
+def test_a_tilted_mirror_plane_is_found_and_an_asymmetric_object_has_none():
+    """An ellipsoid lying on the table tilted 12° is symmetric about its tilted middle
+    plane: found from its seen top half alone. A cone on its base has no such plane."""
+    from instascene.complete.evidence import Grid
+    from instascene.complete.shape import mirror_plane
+
+    plane = (np.array([0.0, 0.0, 1.0]), 0.0)
+    t = np.radians(12.0)
+    R = np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])
+    axes = np.array([0.06, 0.04, 0.025])
+    lift = np.sqrt(((R * axes) ** 2).sum(1))[2]  # the lowest point touches the table
+    centre = np.array([0.0, 0.0, lift])
+    grid = Grid.around(np.array([-0.09, -0.06, -0.01]), np.array([0.09, 0.06, 0.07]), 64)
+    local = (grid.centers() - centre) @ R  # coordinates in the ellipsoid's frame
+    occ = _seen_from_above((local / axes) ** 2 @ np.ones(3) <= 1.0, grid)
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(20000, 3))
+    surface = (u / np.linalg.norm(u, axis=1, keepdims=True) * axes) @ R.T + centre
+    normal = R[:, 2]  # the ellipsoid's short axis: its mirror plane x·normal = centre·normal
+    seen = surface[(surface - centre) @ normal > -0.3 * axes[2]]
+    q, offset, conflict = mirror_plane(occ, grid, seen, plane, 0.2)
+    assert np.degrees(np.arccos(min(1.0, abs(q @ normal)))) < 2.5
+    assert abs(offset - centre @ q) < 1.5 * grid.size
+    assert conflict < 0.05
+
+    h = rng.uniform(0, 1, 20000) ** 0.5  # a cone on its base, 6 cm high: its seen side
+    phi = rng.uniform(0, 2 * np.pi, 20000)
+    cone = np.stack([0.04 * h * np.cos(phi), 0.04 * h * np.sin(phi), 0.06 * (1 - h)], axis=1)
+    local = grid.centers()
+    inside = (np.hypot(local[:, 0], local[:, 1]) <= 0.04 * (1 - local[:, 2] / 0.06)) & (local[:, 2] >= 0)
+    assert mirror_plane(_seen_from_above(inside, grid), grid, cone, plane, 0.2) is None
+
+
 @pytest.fixture(scope="module")
 def scene_and_run(tmp_path_factory):
     """A small built-in scene and a run folder from its ground-truth labels (as segmentation writes it)."""
