@@ -185,7 +185,7 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     if plane is not None:
         n, d = plane
         bound = np.maximum(bound, -(centers @ n + d) / grid.size)
-    near = ndimage.binary_dilation(hull, iterations=3).reshape(-1)
+    near = ndimage.binary_dilation(hull, iterations=3).reshape(-1) if p.convex_prior else None
 
     def convex_bound(points):  # only where it can matter: in and around the hull
         conv = np.full(len(centers), np.inf)
@@ -193,14 +193,14 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
                                                p.footprint_taper, 3 * spacing) / grid.size
         return conv.reshape(grid.shape)
 
-    bound = bound.reshape(grid.shape)
+    table = bound.reshape(grid.shape)  # under the table is outside
     if len(others):
         idx, hit = grid.index(others)
         taken = np.zeros(hull.size, bool)
         taken[idx[hit]] = True
         hull &= ~ndimage.binary_dilation(taken.reshape(grid.shape), iterations=1)
-    plain = np.maximum(bound, convex_bound(means)) if p.convex_prior else bound
-    occ = _main_parts(hull & (plain < 0), own[inside], p.min_component)
+    bound = np.maximum(table, convex_bound(means)) if p.convex_prior else table
+    occ = _main_parts(hull & (bound < 0), own[inside], p.min_component)
     mirror = None
     if p.symmetry and ground is not None:
         found = mirror_plane(occ, grid, means, plane, p.symmetry_max_conflict, p.symmetry_max_tilt)
@@ -208,9 +208,8 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
             mirror = found[:2]  # the mirror image of clearly empty space is empty...
             hull &= ~mirrored_empty(occ, grid, mirror) | observed
             if p.convex_prior:  # ... and the mirror image of the seen surface may be surface
-                plain = np.maximum(bound, convex_bound(np.concatenate([means, _mirror(means, mirror)])))
-            occ = _main_parts(hull & (plain < 0), own[inside], p.min_component)
-    bound = plain
+                bound = np.maximum(table, convex_bound(np.concatenate([means, _mirror(means, mirror)])))
+            occ = _main_parts(hull & (bound < 0), own[inside], p.min_component)
     # carving stops `margin` in front of every visible surface: move the hull's own
     # boundary back by that much; the plane and convex bounds are exact as they are
     sdf = ndimage.distance_transform_edt(hull) - ndimage.distance_transform_edt(~hull)
@@ -243,8 +242,8 @@ def _deep_empty(occ: np.ndarray) -> np.ndarray:
 
 def _mirror(points: np.ndarray, mirror) -> np.ndarray:
     """Reflection about the plane {x : x·q = offset}, mirror = (q, offset), |q| = 1."""
-    q, offset = mirror
-    return points - 2.0 * (points @ q - offset)[:, None] * q[None]
+    q, offset = mirror  # offset may be an array broadcasting against points @ q
+    return points - 2.0 * (points @ q - offset)[..., None] * q
 
 
 def _lookup(mask: np.ndarray, grid: Grid, points: np.ndarray, outside: bool) -> np.ndarray:
@@ -286,8 +285,8 @@ def mirror_plane(occ: np.ndarray, grid: Grid, means: np.ndarray, plane, max_conf
     pts = means[:: max(1, len(means) // sample)]
     reach = np.concatenate([means, _onto_plane(means, plane)])
 
-    def conflicts(q, offsets, pts):
-        mirrored = pts[None] - 2.0 * (pts @ q - offsets[:, None])[..., None] * q
+    def conflicts(q, offsets, pts):  # per offset, about the planes x·q = offset
+        mirrored = _mirror(pts[None], (q, offsets[:, None]))
         return _lookup(empty, grid, mirrored.reshape(-1, 3), True).reshape(len(offsets), -1).mean(1)
 
     def middle(q, step):
