@@ -28,6 +28,16 @@ def sphere_depth(cam, center, r):
     return np.where(disc > 0, t, 0.0).astype(np.float32), (disc > 0).astype(np.float32)
 
 
+def sphere_far_depth(cam, center, r):
+    """Camera-z depth of the far side of the sphere per pixel (0 = miss)."""
+    j, i = np.meshgrid(np.arange(cam.width) + 0.5, np.arange(cam.height) + 0.5)
+    d = np.stack([(j - cam.cx) / cam.fx, (i - cam.cy) / cam.fy, np.ones_like(j)], -1) @ cam.world_to_camera[:3, :3]
+    o = cam.center - center
+    a, b, c = (d * d).sum(-1), 2 * (d @ o), o @ o - r * r
+    disc = b * b - 4 * a * c
+    return np.where(disc > 0, (-b + np.sqrt(np.maximum(disc, 0))) / (2 * a), 0.0).astype(np.float32)
+
+
 def test_tsdf_mesh_of_a_sphere_is_closed_and_right():
     from instascene.complete.mesh import MeshParams, extract_mesh, fuse_tsdf
 
@@ -43,6 +53,36 @@ def test_tsdf_mesh_of_a_sphere_is_closed_and_right():
     assert mesh.volume == pytest.approx(4 / 3 * np.pi * r**3, rel=0.1)  # positive: faces wind outwards
     dist = np.abs(np.linalg.norm(verts - center, axis=1) - r)
     assert np.percentile(dist, 95) < 2 * grid.size
+
+
+def test_depth_seen_through_a_thin_rim_does_not_tunnel_the_mesh():
+    """Near its silhouette a splatted surface lets some rays through to the far side:
+    their depth, far behind their neighbours', is no evidence, or each would carve a
+    tunnel through the object."""
+    from instascene.complete.mesh import MeshParams, extract_mesh, fuse_tsdf
+
+    center, r = np.array([0.0, 0.0, 0.3]), 0.2
+    cams = ring_cameras(center, 0.9, 16, 30, 96, 96, 50)
+    rng = np.random.default_rng(0)
+    depth, alpha = [], []
+    for c in cams:
+        near, cover = sphere_depth(c, center, r)
+        far = sphere_far_depth(c, center, r)
+        rim = (cover > 0) & (far - near > 0.2 * r) & (far - near < 0.8 * r) & (rng.random(near.shape) < 0.3)
+        depth.append(np.where(rim, far, near))
+        alpha.append(cover)
+    depth, alpha = np.stack(depth), np.stack(alpha)
+    import trimesh
+
+    def mesh(p):
+        grid, tsdf = fuse_tsdf(cams, depth, alpha, center - r, center + r, None, p)
+        return trimesh.Trimesh(*extract_mesh(grid, tsdf), process=False), grid
+
+    m, grid = mesh(MeshParams(resolution=48))
+    assert m.is_watertight and len(m.split(only_watertight=False)) == 1
+    assert m.volume == pytest.approx(4 / 3 * np.pi * r**3, rel=0.1)
+    assert np.percentile(np.abs(np.linalg.norm(m.vertices - center, axis=1) - r), 95) < 2 * grid.size
+    assert len(mesh(MeshParams(resolution=48, edge_voxels=0.0))[0].split(only_watertight=False)) > 1
 
 
 def test_the_space_under_an_overhang_is_not_filled_down_to_the_table():
@@ -138,6 +178,26 @@ def test_a_tilted_mirror_plane_is_found_and_an_asymmetric_object_has_none():
     assert mirror_plane(_seen_from_above(inside, grid), grid, cone, plane, 0.2) is None
 
 
+def test_disc_alpha_is_the_opacity_the_discs_give_a_point():
+    """2DGS opacity at a point: o exp(-r²/2) per disc at the point's foot on its plane,
+    composited over the discs; nothing from a disc whose plane lies too far away."""
+    from instascene.complete.shape import disc_alpha
+    from instascene.io.splats import Splats
+
+    def discs(means, sigma, opacity):
+        n = len(means)
+        return Splats(np.asarray(means, np.float32), np.tile(np.float32([1, 0, 0, 0]), (n, 1)),
+                      np.log(np.tile(np.float32(sigma), (n, 1))), np.full(n, np.log(opacity / (1 - opacity)), np.float32),
+                      np.zeros((n, 3), np.float32), np.zeros((n, 0, 3), np.float32))
+
+    one = discs([[0, 0, 0]], [0.01, 0.02], 0.5)
+    pts = np.array([[0.01, 0, 0], [0, 0.02, 0.004], [0, 0, 0.02], [0.03, 0, 0]])
+    a = disc_alpha(one, pts, depth=0.01)
+    assert a == pytest.approx([0.5 * np.exp(-0.5), 0.5 * np.exp(-0.5), 0.0, 0.5 * np.exp(-4.5)], abs=1e-6)
+    two = discs([[0, 0, 0], [0, 0, 0.001]], [0.01, 0.01], 0.5)
+    assert disc_alpha(two, np.zeros((1, 3)), depth=0.01)[0] == pytest.approx(0.75, abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def scene_and_run(tmp_path_factory):
     """A small built-in scene and a run folder from its ground-truth labels (as segmentation writes it)."""
@@ -210,12 +270,15 @@ def test_completed_beats_observed(completed):
     from instascene.eval.completion import evaluate_completion
 
     scene, run, _ = completed
-    res = evaluate_completion(run, scene / "gt", samples=20000, render=False, splat_points="discs")
+    res = evaluate_completion(run, scene / "gt", samples=20000, render=True, splat_points="discs")
     rows = [r for r in res["objects"] if r["completed"]]
     assert len(rows) == 3
     for r in rows:  # the observed object is an open shell; the completed mesh encloses the object
         assert r["mesh"]["watertight"] and r["mesh"]["volume_iou"] > r["observed"]["volume_iou"] + 0.2, r
         assert r["completed"]["source"] == "completed.ply" and r["completed"]["recall"] >= r["observed"]["recall"]
+        # the known region stays as it was (issue 5: within 1 dB); a new surfel under an
+        # observed disc, drawn over it, cost the mug here 4 dB
+        assert r["completed"]["psnr_known"] > r["observed"]["psnr_known"] - 1.0, r["name"]
     assert np.mean([r["mesh"]["volume_iou"] for r in rows]) > 0.5
 
 

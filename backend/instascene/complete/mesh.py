@@ -6,7 +6,10 @@ truncation set in scene units that misses a small object): the voxel is the obje
 longest side / `resolution`, the truncation a few voxels. Voxels no view constrains
 (weight 0) are inside unless some view saw through them, and the grid is padded with
 outside, so the surface closes: the mesh is watertight where the object is closed.
-Below the support plane is outside (the object rests on it).
+Below the support plane is outside (the object rests on it). A pixel whose depth
+jumps within its 3x3 neighbourhood is no evidence: at a depth edge, and where a ray
+slips between the surfels of a thin rim to the far side, one depth would carve a
+tunnel through the object.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class MeshParams:
     resolution: int = 96  # voxels along the object's longest side
     truncation_voxels: float = 3.0
     pad: float = 0.1  # grid padding, share of the extent per side
+    edge_voxels: float = 3.0  # a pixel whose 3x3 neighbourhood spans more depth than this is no evidence
 
 
 @dataclass
@@ -54,6 +58,8 @@ def fuse_tsdf(cameras, depth: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi:
     wsum = np.zeros(len(pts))
     carved = np.zeros(len(pts), bool)
     for cam, d_map, a_map in zip(cameras, depth, alpha):
+        if p.edge_voxels > 0:
+            d_map = np.where(depth_range(d_map) > p.edge_voxels * grid.size, 0.0, d_map)
         u, v, z = project(cam, pts)
         ok = in_frame(cam, u, v, z)
         idx = np.flatnonzero(ok)
@@ -77,6 +83,15 @@ def fuse_tsdf(cameras, depth: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi:
         below = pts @ n + d0
         tsdf = np.maximum(tsdf, np.clip(-below / trunc, -1, 1))  # outside under the plane
     return grid, tsdf.reshape(grid.shape)
+
+
+def depth_range(depth: np.ndarray) -> np.ndarray:
+    """Per pixel, the spread of the surface depths (0 = none) in its 3x3 neighbourhood."""
+    from scipy import ndimage
+
+    hi = ndimage.maximum_filter(depth, size=3)
+    lo = ndimage.minimum_filter(np.where(depth > 0, depth, np.inf), size=3)
+    return np.where(depth > 0, hi - lo, 0.0)
 
 
 def extract_mesh(grid: Grid, tsdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -57,35 +57,36 @@ class RingRenders:
 
     rgb: np.ndarray  # white background
     alpha: np.ndarray
-    depth: np.ndarray  # camera z of the blended ray-splat intersections; 0 where alpha < 0.5
+    depth: np.ndarray  # camera z of the median ray-splat intersection; 0 where alpha < 0.5
     normals: np.ndarray  # world, unit where covered
     observed: np.ndarray  # share of the pixel's weight coming from observed Gaussians
 
 
 def view_caches(splats, cameras, device: str = "cpu"):
     """(Gaussians, ContributionCache, depth [V, H, W]) of `splats` seen by `cameras`: one
-    rasterization per view gives the cache and the expected ray-splat intersection depth
-    (2DGS's depth, exact at grazing angles, unlike blended centre depths)."""
+    rasterization per view gives the cache and the median depth: the ray-splat
+    intersection depth (exact at grazing angles, unlike centre depths) of the surfel
+    where transmittance crosses 0.5, as 2DGS meshes bounded objects, 0 where nothing
+    does. The blended (mean) depth would be pulled towards the far side of a closed
+    object by whatever light the front surface lets through."""
     from ..render import ContributionCache, Contributions, Gaussians, View
-    from ..render.rasterize import view_fragments
+    from ..render.rasterize import selection_mask, view_fragments
 
     g = Gaussians.from_splats(splats, device=device)
     views = [View.from_camera(c, device=device) for c in cameras]
     contribs, depths = [], []
     for v in views:
-        parts, n = [], v.width * v.height
-        dsum = torch.zeros(n, dtype=torch.float64, device=device)
-        wsum = torch.zeros(n, dtype=torch.float64, device=device)
+        parts = []
+        depth = torch.zeros(v.width * v.height, dtype=torch.float32, device=device)
         with torch.no_grad():
             for _, fr in view_fragments(g, v):
-                w = fr.weight
-                parts.append((fr.pixel, fr.gaussian, fr.transmittance, w))
-                dsum.index_add_(0, fr.pixel, (w * fr.depth).double())
-                wsum.index_add_(0, fr.pixel, w.double())
+                parts.append((fr.pixel, fr.gaussian, fr.transmittance, fr.weight))
+                cross = selection_mask("crossing", fr.transmittance, fr.weight)
+                depth[fr.pixel[cross]] = fr.depth[cross].float()
         pix, gid, T, w = (torch.cat(x) for x in zip(*parts))
         contribs.append(Contributions(v.width, v.height, len(g), pix, gid, T, w))
-        depths.append(torch.where(wsum > 0.5, dsum / wsum.clamp_min(1e-12), 0.0).reshape(v.height, v.width))
-    depth = torch.stack(depths).float().cpu().numpy() if depths else np.zeros((0, 1, 1), np.float32)
+        depths.append(depth.reshape(v.height, v.width))
+    depth = torch.stack(depths).cpu().numpy() if depths else np.zeros((0, 1, 1), np.float32)
     return g, ContributionCache.from_contributions(views, contribs), depth
 
 

@@ -30,7 +30,8 @@ class ShapeParams:
     near_voxels: int = 2
     min_component: float = 0.05  # keep hull parts holding this share of the observed Gaussians
     smooth_voxels: float = 1.1  # Gaussian smoothing of the occupancy before marching cubes
-    gap: float = 2.0  # new surfels only farther than gap x spacing from an observed one
+    cover_alpha: float = 0.8  # new surfels only where the observed discs give less opacity than this
+    cover_depth: float = 4.0  # ... counting the discs whose plane passes this close (spacings)
     max_new: int = 30000  # at most this many new surfels per object
     opacity: float = 0.95
     through_tolerance: float = 2.0  # voxels: a camera that saw this far beyond a point saw air there
@@ -386,10 +387,32 @@ def idw_colors(src_points: np.ndarray, src_colors: np.ndarray, points: np.ndarra
     return (src_colors[i] * w[..., None]).sum(1) / w.sum(1, keepdims=True)
 
 
+def disc_alpha(splats: Splats, points: np.ndarray, depth: float, k: int = 16) -> np.ndarray:
+    """Per point, the opacity the `k` nearest surfels give it together, 1 - prod(1 - o G),
+    each with its disc's Gaussian G at the point's foot on its plane; a surfel whose
+    plane passes farther than `depth` from the point gives nothing."""
+    from ..io.rotations import quat_to_rotmat
+
+    splats = splats.to_2dgs()
+    k = min(k, len(splats))
+    _, idx = cKDTree(splats.means).query(points, k=k)
+    idx = idx.reshape(len(points), k)
+    R = quat_to_rotmat(splats.unit_quats().astype(np.float64))[idx]  # [P, k, 3, 3]
+    local = np.einsum("pkji,pkj->pki", R, points[:, None, :] - splats.means[idx])
+    s = splats.scales().astype(np.float64)[idx]
+    a = splats.opacities().astype(np.float64)[idx] * np.exp(
+        -0.5 * ((local[..., 0] / s[..., 0]) ** 2 + (local[..., 1] / s[..., 1]) ** 2))
+    a[np.abs(local[..., 2]) > depth] = 0.0
+    return 1.0 - np.prod(1.0 - a, axis=1)
+
+
 def unseen_surfels(shape: ClosedShape, observed: Splats, ev: SceneEvidence, p: ShapeParams, seed: int = 0) -> Splats:
-    """New 2DGS surfels on the closed surface where no observed surfel lies, about one
-    per observed spacing, coloured from the nearest observed surfels (a starting point
-    the fine-tune refines). None where a camera saw through the closed surface: the
+    """New 2DGS surfels on the closed surface where the observed discs leave it bare
+    (their opacity there below `cover_alpha`), about one per observed spacing, coloured
+    from the nearest observed surfels (a starting point the fine-tune refines). Not
+    under an observed disc: surfels are composited in order of centre depth, so a new
+    one there is drawn over the observed surface from many angles and the known region
+    would not stay as it was. None where a camera saw through the closed surface: the
     hull is loose there (it keeps space only two cameras' free space may carve near the
     observed surface), and the point is air."""
     from ..io.rotations import rotmat_to_quat
@@ -397,9 +420,8 @@ def unseen_surfels(shape: ClosedShape, observed: Splats, ev: SceneEvidence, p: S
 
     spacing = shape.spacing
     pts, normals = sample_faces(shape.vertices, shape.faces, spacing, p.max_new, seed)
-    d, _ = cKDTree(observed.means).query(pts)
-    far = d > p.gap * max(spacing, 0.5 * shape.grid.size)
-    pts, normals = pts[far], normals[far]
+    bare = disc_alpha(observed, pts, p.cover_depth * spacing) < p.cover_alpha
+    pts, normals = pts[bare], normals[bare]
     solid = views_through(ev, pts, p.through_tolerance * shape.grid.size) == 0
     if shape.ground is not None and not shape.flat_bottom and p.open_round_bottom:
         gn, gd = shape.ground  # the hull's cut at the table is no face of a round-bottomed object
