@@ -77,15 +77,15 @@ def view_caches(splats, cameras, device: str = "cpu"):
     contribs, depths = [], []
     for v in views:
         parts = []
-        depth = torch.zeros(v.width * v.height, dtype=torch.float32, device=device)
+        median = torch.zeros(v.width * v.height, dtype=torch.float32, device=device)
         with torch.no_grad():
             for _, fr in view_fragments(g, v):
                 parts.append((fr.pixel, fr.gaussian, fr.transmittance, fr.weight))
                 cross = selection_mask("crossing", fr.transmittance, fr.weight)
-                depth[fr.pixel[cross]] = fr.depth[cross].float()
+                median[fr.pixel[cross]] = fr.depth[cross].float()
         pix, gid, T, w = (torch.cat(x) for x in zip(*parts))
         contribs.append(Contributions(v.width, v.height, len(g), pix, gid, T, w))
-        depths.append(depth.reshape(v.height, v.width))
+        depths.append(median.reshape(v.height, v.width))
     depth = torch.stack(depths).cpu().numpy() if depths else np.zeros((0, 1, 1), np.float32)
     return g, ContributionCache.from_contributions(views, contribs), depth
 
