@@ -140,6 +140,21 @@ def test_segment_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "error" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_an_instance_left_with_a_few_gaussians_is_no_object():
+    """Objects are numbered 0..K-1; a coarse instance holding fewer Gaussians than a
+    tracked mask needs (here 3) becomes background, not a one-speck object in Blender."""
+    from instascene.segment.instances import InstanceParams, assign_instances
+
+    e = torch.eye(3)
+    coarse = np.r_[np.zeros(200, int), np.ones(3, int), np.full(100, 2)]
+    features = e[torch.from_numpy(coarse)]
+    means = np.random.default_rng(0).normal(size=(len(coarse), 3))
+    labels = assign_instances(features, coarse, np.zeros(3, bool), means, InstanceParams())
+    assert np.array_equal(labels, np.r_[np.zeros(200, int), np.full(3, -1), np.ones(100, int)])
+    kept = assign_instances(features, coarse, np.zeros(3, bool), means, InstanceParams(min_gaussians=3))
+    assert np.array_equal(kept, coarse)
+
+
 def test_click_queries_find_the_instance(segmented):
     from instascene.io.scene import load_scene
     from instascene.render import Gaussians, View
