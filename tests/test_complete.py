@@ -15,8 +15,9 @@ from instascene.io.cameras import ring_cameras
 from instascene.io.ply import read_ply, write_ply
 
 
-def sphere_depth(cam, center, r):
-    """Camera-z depth of a sphere per pixel (0 = miss) and coverage, by ray casting."""
+def sphere_hits(cam, center, r):
+    """Camera-z depths of the sphere's near and far side per pixel (0 = miss) and
+    coverage, by ray casting."""
     j, i = np.meshgrid(np.arange(cam.width) + 0.5, np.arange(cam.height) + 0.5)
     d_cam = np.stack([(j - cam.cx) / cam.fx, (i - cam.cy) / cam.fy, np.ones_like(j)], -1)
     R = cam.world_to_camera[:3, :3]
@@ -24,18 +25,9 @@ def sphere_depth(cam, center, r):
     o = cam.center - center
     a, b, c = (d * d).sum(-1), 2 * (d @ o), o @ o - r * r
     disc = b * b - 4 * a * c
-    t = np.where(disc > 0, (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a), 0.0)
-    return np.where(disc > 0, t, 0.0).astype(np.float32), (disc > 0).astype(np.float32)
-
-
-def sphere_far_depth(cam, center, r):
-    """Camera-z depth of the far side of the sphere per pixel (0 = miss)."""
-    j, i = np.meshgrid(np.arange(cam.width) + 0.5, np.arange(cam.height) + 0.5)
-    d = np.stack([(j - cam.cx) / cam.fx, (i - cam.cy) / cam.fy, np.ones_like(j)], -1) @ cam.world_to_camera[:3, :3]
-    o = cam.center - center
-    a, b, c = (d * d).sum(-1), 2 * (d @ o), o @ o - r * r
-    disc = b * b - 4 * a * c
-    return np.where(disc > 0, (-b + np.sqrt(np.maximum(disc, 0))) / (2 * a), 0.0).astype(np.float32)
+    root = np.sqrt(np.maximum(disc, 0))
+    near, far = (np.where(disc > 0, (-b + s * root) / (2 * a), 0.0).astype(np.float32) for s in (-1, 1))
+    return near, far, (disc > 0).astype(np.float32)
 
 
 def test_tsdf_mesh_of_a_sphere_is_closed_and_right():
@@ -43,7 +35,7 @@ def test_tsdf_mesh_of_a_sphere_is_closed_and_right():
 
     center, r = np.array([0.2, -0.1, 0.5]), 0.3
     cams = ring_cameras(center, 1.2, 12, 30, 96, 96, 50) + ring_cameras(center, 1.2, 6, -40, 96, 96, 50)
-    depth, alpha = zip(*(sphere_depth(c, center, r) for c in cams))
+    depth, _, alpha = zip(*(sphere_hits(c, center, r) for c in cams))
     grid, tsdf = fuse_tsdf(cams, np.stack(depth), np.stack(alpha), center - r, center + r, None, MeshParams(resolution=48))
     verts, faces = extract_mesh(grid, tsdf)
     import trimesh
@@ -66,8 +58,7 @@ def test_depth_seen_through_a_thin_rim_does_not_tunnel_the_mesh():
     rng = np.random.default_rng(0)
     depth, alpha = [], []
     for c in cams:
-        near, cover = sphere_depth(c, center, r)
-        far = sphere_far_depth(c, center, r)
+        near, far, cover = sphere_hits(c, center, r)
         rim = (cover > 0) & (far - near > 0.2 * r) & (far - near < 0.8 * r) & (rng.random(near.shape) < 0.3)
         depth.append(np.where(rim, far, near))
         alpha.append(cover)

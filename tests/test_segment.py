@@ -149,9 +149,9 @@ def test_an_instance_left_with_a_few_gaussians_is_no_object():
     coarse = np.r_[np.zeros(200, int), np.ones(3, int), np.full(100, 2)]
     features = e[torch.from_numpy(coarse)]
     means = np.random.default_rng(0).normal(size=(len(coarse), 3))
-    labels = assign_instances(features, coarse, np.zeros(3, bool), means, InstanceParams())
+    labels = assign_instances(features, coarse, np.zeros(3, bool), means, InstanceParams(), 50)
     assert np.array_equal(labels, np.r_[np.zeros(200, int), np.full(3, -1), np.ones(100, int)])
-    kept = assign_instances(features, coarse, np.zeros(3, bool), means, InstanceParams(min_gaussians=3))
+    kept = assign_instances(features, coarse, np.zeros(3, bool), means, InstanceParams(), 3)
     assert np.array_equal(kept, coarse)
 
 

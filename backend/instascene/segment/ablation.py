@@ -70,7 +70,7 @@ def _naive(tracks, flat) -> np.ndarray:
 def ablate(scene, contribs, gt: np.ndarray, feature_iterations: int = 1000, losses: bool = True) -> dict[str, float]:
     """mIoU of every variant for one scene (`contribs`: all pairs of every camera)."""
     from ..render import ContributionCache, View
-    from .pipeline import _filter_undersegmented
+    from .pipeline import SegmentParams, _filter_undersegmented
 
     cams = scene.cameras
     names = [c.name for c in cams]
@@ -81,10 +81,12 @@ def ablate(scene, contribs, gt: np.ndarray, feature_iterations: int = 1000, loss
     normals = quat_to_rotmat(scene.splats.to_2dgs().unit_quats().astype(np.float64))[:, :, 2]
     flat = on_support_plane(means, normals, eps / 5, plane)
     ip = InstanceParams()
-    out = {"naive": hungarian_miou(_naive(track_masks(contribs, names, maps, "transmittance", 50), flat), gt).miou}
+    min_gaussians = SegmentParams().min_gaussians
+    out = {"naive": hungarian_miou(_naive(track_masks(contribs, names, maps, "transmittance", min_gaussians), flat),
+                                   gt).miou}
 
     def associate(criterion, boundary):
-        tracks = track_masks(contribs, names, maps, criterion, 50, boundary)
+        tracks = track_masks(contribs, names, maps, criterion, min_gaussians, boundary)
         cons = view_consensus(tracks)
         inst = coarse_instances(cluster_masks(tracks, cons), tracks, cons, means, eps=eps)
         is_bg = background_instances(inst, means, eps / 2, ip, plane)
@@ -106,7 +108,7 @@ def ablate(scene, contribs, gt: np.ndarray, feature_iterations: int = 1000, loss
     feats = train_features(cache, _filter_undersegmented(maps, tracks, cons.undersegmented), consistent, coarse,
                            [np.asarray(tracks.W[f].indices) for f in range(len(views))],
                            FeatureParams(iterations=feature_iterations))
-    labels = assign_instances(feats, coarse, is_bg, means, ip)
+    labels = assign_instances(feats, coarse, is_bg, means, ip, min_gaussians)
     labels[flat] = -1
     out["full"] = hungarian_miou(labels, gt).miou
     if not losses:

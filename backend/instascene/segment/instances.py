@@ -27,7 +27,6 @@ class InstanceParams:
     fill_neighbours: int = 8
     plane_fraction: float = 0.5  # instance is background if this share lies on the dominant plane
     max_extent_fraction: float = 0.6  # ... or its box spans this share of the scene's
-    min_gaussians: int = 50  # an object left with fewer Gaussians (as a tracked mask needs) is background
 
 
 def dominant_plane(points: np.ndarray, tol: float, iters: int = 256, seed: int = 0):
@@ -70,10 +69,10 @@ def background_instances(instances, means: np.ndarray, tol: float, p: InstancePa
 
 
 def assign_instances(features: torch.Tensor, coarse_labels: np.ndarray, is_background: np.ndarray,
-                     means: np.ndarray, p: InstanceParams) -> np.ndarray:
+                     means: np.ndarray, p: InstanceParams, min_gaussians: int) -> np.ndarray:
     """Label per Gaussian: its object instance (background instances and objects left
-    with fewer than `min_gaussians` excluded, objects renumbered 0..K-1 in coarse
-    order), -1 for background.
+    with fewer than `min_gaussians` excluded — the least a tracked mask needs — objects
+    renumbered 0..K-1 in coarse order), -1 for background.
 
     `coarse_labels`: the dense coarse instance of each Gaussian (-1 = none), which also
     defines each instance's prototype (mean unit feature)."""
@@ -113,7 +112,7 @@ def assign_instances(features: torch.Tensor, coarse_labels: np.ndarray, is_backg
         labels[todo[agree]] = target[agree]
     # an instance the features emptied down to a few Gaussians is no object
     sizes = np.bincount(labels[labels >= 0], minlength=len(objects))
-    kept = sizes >= p.min_gaussians
+    kept = sizes >= min_gaussians
     new_index = np.where(kept, np.cumsum(kept) - 1, -1)
     labels[labels >= 0] = new_index[labels[labels >= 0]]
     return labels

@@ -125,7 +125,7 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     feats = train_features(cache, filtered, consistent, coarse_labels, visible, params.features,
                            progress=lambda i, n, loss: st.update(i, n, f"loss {loss:.3f}"))
     del cache
-    labels = assign_instances(feats.cpu(), coarse_labels, is_bg, means, params.instances)
+    labels = assign_instances(feats.cpu(), coarse_labels, is_bg, means, params.instances, params.min_gaussians)
     normals = quat_to_rotmat(splats.to_2dgs().unit_quats().astype(np.float64))[:, :, 2]
     labels[on_support_plane(means, normals, eps / 5, plane)] = -1
     st.end()
