@@ -147,8 +147,8 @@ def ablation_bench(seeds, cache: str | None) -> int:
 
     import numpy as np
 
+    from ..eval.segmentation import load_gt
     from ..io.scene import load_scene
-    from ..render import Gaussians, View, contributions
     from ..segment.ablation import FEATURE_VARIANTS, VARIANTS, ablate
     from ..synth.generate import SynthOptions, generate_scene
 
@@ -160,9 +160,7 @@ def ablation_bench(seeds, cache: str | None) -> int:
             if not (folder / "synth.json").exists():
                 generate_scene(folder, SynthOptions(seed=seed), force=True)
             scene = load_scene(folder)
-            g = Gaussians.from_splats(scene.splats)
-            contribs = [contributions(g, View.from_camera(c), None) for c in scene.cameras]
-            scores = ablate(scene, contribs, np.load(folder / "gt" / "gaussian_instances.npy"), feature_iterations=500)
+            scores = ablate(scene, load_gt(folder / "gt").gaussian_instances, feature_iterations=500)
             rows.append((seed, scores))
             print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
     print("| variant | " + " | ".join(f"seed {s}" for s, _ in rows) + " | mean |")

@@ -11,7 +11,6 @@ def add_parser(sub) -> None:
     p.add_argument("--iterations", type=int, default=None, help="feature-field steps (default 1000)")
     p.add_argument("--criterion", choices=["transmittance", "crossing", "weight"], default=None,
                    help="pairs that make a mask's Gaussian set for association (default: crossing)")
-    p.add_argument("--threshold", type=float, default=None, help="feature match threshold (default 0.9)")
     p.add_argument("--weights", default=None,
                    help="local SAM weights folder (transformers layout), used when the scene has no sam/mask")
     p.set_defaults(func=run)
@@ -30,8 +29,6 @@ def params_from(options: dict):
             p.features.iterations = int(value)
         elif key == "criterion":
             p.criterion = str(value)
-        elif key == "threshold":
-            p.instances.threshold = float(value)
         elif key == "min_gaussians":
             p.min_gaussians = int(value)
         else:
@@ -44,7 +41,7 @@ def run(args) -> int:
 
     from ..segment.pipeline import segment_scene
 
-    params = params_from({"iterations": args.iterations, "criterion": args.criterion, "threshold": args.threshold})
+    params = params_from({"iterations": args.iterations, "criterion": args.criterion})
     summary = segment_scene(args.scene, args.out, params, device=args.device, weights=args.weights)
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,13 +1,23 @@
 """`evaluate_segmentation(run_dir, gt_dir)`: instance segmentation against a generated scene's truth.
 
 3D: one-to-one (Hungarian) mIoU over GT objects on Gaussians — RUN/labels.npy against
-    gt/gaussian_instances.npy (metrics.hungarian_miou).
+    the per-Gaussian ground truth (metrics.hungarian_miou); also how much of the objects
+    the run leaves in its background and how many Gaussians of other objects or of the
+    background ride along inside its instances (`leak_rates`).
 2D: every camera of the scene (the gt folder's parent) is rendered with the tracked
     rasterizer; a pixel's predicted label is the label of the Gaussian where its
     transmittance crosses 0.5 (no crossing = background). Predicted ids are mapped to GT
     ids with the 3D matching (unmatched instances count as no object), compared with
     gt/views/<stem>.png (0 = background, k + 1 = object k); intersections and unions are
     accumulated over all views, per object; mIoU = mean over the GT objects.
+
+Two ground-truth layouts are read as they are (`load_gt`):
+  built-in (`instascene synth`)  gt/gaussian_instances.npy, -1 = background, objects 0..K-1;
+                                 gt/views/<camera>.png, 0 = background, k + 1 = object k
+  official-style practice scenes gt/gaussian_instance.npy, 0 = table, objects 1..K;
+                                 gt/masks/<camera>.png with the same ids
+Both become one convention in memory: per Gaussian -1 = background, else the object id;
+view maps 0 = background, id + 1 = object.
 
 Also the loaders the completion evaluator shares: ground truth, run labels, run instances.
 Every missing or malformed file is an InstaSceneError naming the file.
@@ -35,6 +45,21 @@ class GroundTruth:
     root: Path  # the gt/ folder
     objects: list[dict]  # gt/instances.json "objects", sorted by id
     gaussian_instances: np.ndarray  # [N] int32, -1 = background
+    labels_file: str = "gaussian_instances.npy"  # the per-Gaussian file it was read from
+    views_folder: str = "views"  # per-camera label maps
+    view_offset: int = 1  # pixel value of object k in those maps is k + view_offset
+
+    def view_labels(self, camera: str) -> np.ndarray | None:
+        """The camera's GT instance map, 0 = background, k + 1 = object k; None if absent."""
+        from ..io.masks import read_label_map
+
+        path = self.root / self.views_folder / f"{camera}.png"
+        if not path.is_file():
+            return None
+        truth = read_label_map(path).astype(np.int64)
+        if self.view_offset != 1:
+            truth = np.where(truth > 0, truth - self.view_offset + 1, 0)
+        return truth
 
     @property
     def scene_dir(self) -> Path:
@@ -78,7 +103,8 @@ def read_labels(path: Path, what: str) -> np.ndarray:
 
 
 def load_gt(gt_dir: str | os.PathLike) -> GroundTruth:
-    """gt/instances.json and gt/gaussian_instances.npy, checked against each other."""
+    """gt/instances.json and the per-Gaussian instances (either layout, see the module
+    docstring), checked against each other."""
     root = Path(gt_dir)
     if not root.is_dir():
         raise InstaSceneError("ground-truth folder not found (expected SCENE/gt)", root)
@@ -88,12 +114,36 @@ def load_gt(gt_dir: str | os.PathLike) -> GroundTruth:
     if not isinstance(objects, list) or not all(isinstance(o, dict) and "id" in o for o in objects):
         raise InstaSceneError('expected {"objects": [{"id": ..., ...}, ...]}', path)
     objects = sorted(objects, key=lambda o: int(o["id"]))
-    gi = read_labels(root / "gaussian_instances.npy", "ground-truth Gaussian instances")
+    if (root / "gaussian_instances.npy").is_file() or not (root / "gaussian_instance.npy").is_file():
+        layout = dict(labels_file="gaussian_instances.npy", views_folder="views", view_offset=1)
+        gi = read_labels(root / layout["labels_file"], "ground-truth Gaussian instances")
+    else:  # official-style: 0 = table / background, objects 1..K, view maps with the same ids
+        layout = dict(labels_file="gaussian_instance.npy", views_folder="masks", view_offset=0)
+        gi = read_labels(root / layout["labels_file"], "ground-truth Gaussian instances")
+        if any(int(o["id"]) <= 0 for o in objects):
+            raise InstaSceneError("object ids must be 1..K in this layout (0 is the table)", path)
+        gi = np.where(gi > 0, gi, -1)
     known = {int(o["id"]) for o in objects}
     stray = set(np.unique(gi[gi >= 0]).tolist()) - known
     if stray:
-        raise InstaSceneError(f"ids {sorted(stray)[:5]} are not objects of {path.name}", root / "gaussian_instances.npy")
-    return GroundTruth(root, objects, gi)
+        raise InstaSceneError(f"ids {sorted(stray)[:5]} are not objects of {path.name}", root / layout["labels_file"])
+    return GroundTruth(root, objects, gi, **layout)
+
+
+def leak_rates(labels: np.ndarray, gt_labels: np.ndarray, match: HungarianResult) -> dict:
+    """What a user sees of a segmentation beyond mIoU, on Gaussians:
+    `left_in_background`: share of the objects' Gaussians the run labels background
+    (debris left behind when an object is moved); `strays`: share of the Gaussians inside
+    predicted instances that belong to another object or to the background, where an
+    instance's own object is the GT object it is matched to (unmatched instances are all
+    strays: they carry nothing of an object of their own)."""
+    obj = gt_labels >= 0
+    inst = labels >= 0
+    own = matched_lookup(match, labels)
+    return {
+        "left_in_background": float((obj & ~inst).sum() / max(obj.sum(), 1)),
+        "strays": float((inst & (own != gt_labels)).sum() / max(inst.sum(), 1)),
+    }
 
 
 def load_run_labels(run_dir: str | os.PathLike, n_gaussians: int | None = None) -> np.ndarray:
@@ -200,6 +250,7 @@ def evaluate_segmentation(
         "predicted_instances": d["predicted_instances"],
         "unmatched_predictions": d["unmatched_predictions"],
         "miou_3d": match.miou,
+        **leak_rates(labels, gt.gaussian_instances, match),
         "miou_2d": None,
         "views": 0,
         "per_object": per_object,
@@ -219,7 +270,6 @@ def _views_miou(gt: GroundTruth, labels: np.ndarray, match: HungarianResult, *, 
                 backend) -> dict:
     import torch
 
-    from ..io.masks import read_label_map
     from ..io.scene import load_scene
     from ..render import Gaussians, View, contributions
 
@@ -227,11 +277,12 @@ def _views_miou(gt: GroundTruth, labels: np.ndarray, match: HungarianResult, *, 
     cams = scene.require_cameras()[:: max(int(stride), 1)]
     splats = scene.require_splats()
     if len(splats) != len(labels):
-        raise InstaSceneError(f"has {len(splats)} Gaussians but gt/gaussian_instances.npy has "
+        raise InstaSceneError(f"has {len(splats)} Gaussians but gt/{gt.labels_file} has "
                               f"{len(gt.gaussian_instances)} entries", scene.ply_path)
-    views_dir = gt.root / "views"
+    views_dir = gt.root / gt.views_folder
     if not views_dir.is_dir():
-        raise InstaSceneError("ground-truth view labels not found (expected gt/views/<camera>.png)", views_dir)
+        raise InstaSceneError(f"ground-truth view labels not found (expected gt/{gt.views_folder}/<camera>.png)",
+                              views_dir)
     dev = _device(device)
     g = Gaussians.from_splats(splats, device=dev)
     lut = torch.as_tensor(matched_lookup(match, labels), device=dev)  # Gaussian -> matched GT id
@@ -243,16 +294,16 @@ def _views_miou(gt: GroundTruth, labels: np.ndarray, match: HungarianResult, *, 
     used, missing = 0, []
     for cam in cams:
         path = views_dir / f"{cam.name}.png"
-        if not path.is_file():
+        truth = gt.view_labels(cam.name)
+        if truth is None:
             missing.append(cam.name)
             continue
-        truth = read_label_map(path)
         if truth.shape != (cam.height, cam.width):
             raise InstaSceneError(f"label map is {truth.shape[1]}x{truth.shape[0]} but camera {cam.name!r} "
                                   f"is {cam.width}x{cam.height}", path)
         if truth.size and truth.max() >= K1:
-            raise InstaSceneError(f"label {int(truth.max())} is not an object of gt/instances.json "
-                                  "(expected 0 = background, k + 1 = object k)", path)
+            raise InstaSceneError(f"label {int(truth.max()) - 1 + gt.view_offset} is not an object of "
+                                  "gt/instances.json", path)
         c = contributions(g, View.from_camera(cam, device=dev), criterion, backend=backend)
         pred = torch.zeros(cam.height * cam.width, dtype=torch.long, device=dev)
         pred[c.pixel] = lut[c.gaussian] + 1  # at most one crossing per pixel

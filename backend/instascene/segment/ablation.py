@@ -8,7 +8,11 @@ mIoU on Gaussians:
   paper      view consensus on T > 0.5 pairs as the official code, then the dense vote
   crossing   consensus on the 0.5-crossing Gaussian, 1-px mask boundary ignored, vote
   + plane    + the support plane as background
-  full       + the contrastive feature field (the shipped pipeline)
+  + merged   + coarse instances that the views join merged (merge.py)
+  full       + every Gaussian labelled by its evidence spread over the feature-weighted
+             neighbour graph (propagate.py; the shipped pipeline)
+
+All at the pipeline's working image size (pipeline.working_cameras).
 
 and, as in the paper's ablation, instances read from the feature field alone (a
 Gaussian joins the coarse instance whose mean feature it matches at cosine ≥ 0.9),
@@ -26,11 +30,13 @@ from ..eval.metrics import hungarian_miou
 from ..io.rotations import quat_to_rotmat
 from .consensus import cluster_masks, view_consensus
 from .features import FeatureParams, train_features
-from .instances import InstanceParams, assign_instances, background_instances, dominant_plane, on_support_plane
-from .postprocess import PostParams, coarse_instances, consistent_label_maps, vote_labels
+from .instances import assign_instances, background_instances, dominant_plane, on_support_plane
+from .merge import merge_parts
+from .postprocess import coarse_instances, consistent_label_maps, vote_labels
+from .propagate import label_evidence
 from .tracker import track_masks
 
-VARIANTS = ("naive", "paper", "crossing", "+ plane", "full")
+VARIANTS = ("naive", "paper", "crossing", "+ plane", "+ merged", "full")
 FEATURE_VARIANTS = ("features: noisy 2D only", "features: 3D only", "features: 3D + filtered 2D",
                     "features: all three losses")
 
@@ -67,29 +73,35 @@ def _naive(tracks, flat) -> np.ndarray:
     return labels
 
 
-def ablate(scene, contribs, gt: np.ndarray, feature_iterations: int = 1000, losses: bool = True) -> dict[str, float]:
-    """mIoU of every variant for one scene (`contribs`: all pairs of every camera)."""
-    from ..render import ContributionCache, View
-    from .pipeline import SegmentParams, _filter_undersegmented
+def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool = True) -> dict[str, float]:
+    """mIoU of every variant for one scene."""
+    from ..render import ContributionCache, Gaussians, View, contributions
+    from .pipeline import SegmentParams, _filter_undersegmented, resize_labels, working_cameras
 
-    cams = scene.cameras
+    params = SegmentParams()
+    cams = working_cameras(scene.splats, scene.cameras, params.surfel_px)
+    g = Gaussians.from_splats(scene.splats)
+    views = [View.from_camera(c) for c in cams]
+    contribs = [contributions(g, v, None) for v in views]
     names = [c.name for c in cams]
-    maps = [scene.mask(c.name) for c in cams]
+    maps = [resize_labels(scene.mask(c.name), c.height, c.width) for c in cams]
     means = scene.splats.means.astype(np.float64)
-    eps = PostParams().scale(means)
+    eps = params.post.scale(means)
     plane = dominant_plane(means, eps / 2)
     normals = quat_to_rotmat(scene.splats.to_2dgs().unit_quats().astype(np.float64))[:, :, 2]
     flat = on_support_plane(means, normals, eps / 5, plane)
-    ip = InstanceParams()
-    min_gaussians = SegmentParams().min_gaussians
+    ip = params.instances
+    min_gaussians = params.min_gaussians
     out = {"naive": hungarian_miou(_naive(track_masks(contribs, names, maps, "transmittance", min_gaussians), flat),
                                    gt).miou}
 
-    def associate(criterion, boundary):
+    def associate(criterion, boundary, merge=False):
         tracks = track_masks(contribs, names, maps, criterion, min_gaussians, boundary)
         cons = view_consensus(tracks)
         inst = coarse_instances(cluster_masks(tracks, cons), tracks, cons, means, eps=eps)
-        is_bg = background_instances(inst, means, eps / 2, ip, plane)
+        is_bg = background_instances(inst, means, flat, ip)
+        if merge:
+            inst, is_bg = merge_parts(inst, tracks, means, is_bg, eps, params.merge)
         consistent = consistent_label_maps(inst, tracks, maps)
         return tracks, cons, is_bg, consistent, vote_labels(contribs, consistent, len(inst))
 
@@ -98,23 +110,24 @@ def ablate(scene, contribs, gt: np.ndarray, feature_iterations: int = 1000, loss
 
     _, _, is_bg, _, coarse = associate("transmittance", 0)
     out["paper"] = hungarian_miou(objects_only(coarse, is_bg), gt).miou
-    tracks, cons, is_bg, consistent, coarse = associate("crossing", 1)
+    _, _, is_bg, _, coarse = associate("crossing", 1)
     labels = objects_only(coarse, is_bg)
     out["crossing"] = hungarian_miou(labels, gt).miou
     labels[flat] = -1
     out["+ plane"] = hungarian_miou(labels, gt).miou
-    views = [View.from_camera(c) for c in cams]
-    cache = ContributionCache.from_contributions(views, contribs)
-    feats = train_features(cache, _filter_undersegmented(maps, tracks, cons.undersegmented), consistent, coarse,
-                           [np.asarray(tracks.W[f].indices) for f in range(len(views))],
-                           FeatureParams(iterations=feature_iterations))
-    labels = assign_instances(feats, coarse, is_bg, means, ip, min_gaussians)
+    tracks, cons, is_bg, consistent, coarse = associate(params.criterion, params.boundary_px, merge=True)
+    labels = objects_only(coarse, is_bg)
     labels[flat] = -1
+    out["+ merged"] = hungarian_miou(labels, gt).miou
+    cache = ContributionCache.from_contributions(views, contribs)
+    filtered = _filter_undersegmented(maps, tracks, cons.undersegmented)
+    visible = [np.asarray(tracks.W[f].indices) for f in range(len(views))]
+    feats = train_features(cache, filtered, consistent, coarse, visible, FeatureParams(iterations=feature_iterations))
+    evidence = label_evidence(contribs, consistent, len(is_bg))
+    labels = assign_instances(evidence, is_bg, flat, feats.numpy(), means, eps, min_gaussians, ip)
     out["full"] = hungarian_miou(labels, gt).miou
     if not losses:
         return out
-    filtered = _filter_undersegmented(maps, tracks, cons.undersegmented)
-    visible = [np.asarray(tracks.W[f].indices) for f in range(len(views))]
     settings = {  # name: (2D labels, 2D weight, cross-view weight, 3D weight)
         FEATURE_VARIANTS[0]: (maps, 0.5, 0.0, 0.0),
         FEATURE_VARIANTS[1]: (filtered, 0.0, 0.0, 2.5),

@@ -2,9 +2,10 @@
 
   1. rasterize every view once: all composited pairs (tracked sets and feature cache)
   2. tracker: each mask's Gaussians               (tracker.py)
-  3. view consensus, clustering, post-processing  (consensus.py, postprocess.py)
+  3. view consensus, clustering, post-processing,  (consensus.py, postprocess.py,
+     parts of one object merged                    merge.py)
   4. contrastive feature field                    (features.py)
-  5. instances, background                         (instances.py)
+  5. instances: evidence spread over the Gaussians (instances.py, propagate.py)
   6. the run folder (contracts.md), every file whole or not at all
 """
 
@@ -25,7 +26,9 @@ from .consensus import ConsensusParams, cluster_masks, view_consensus
 from .features import FeatureParams, train_features
 from ..io.rotations import quat_to_rotmat
 from .instances import InstanceParams, assign_instances, background_instances, dominant_plane, on_support_plane
+from .merge import MergeParams, merge_parts
 from .postprocess import PostParams, coarse_instances, consistent_label_maps, vote_labels
+from .propagate import label_evidence
 from .tracker import track_masks
 
 
@@ -35,8 +38,10 @@ class SegmentParams:
     vote_criterion: str = "transmittance"  # dense coarse labels from the consistent masks
     min_gaussians: int = 50
     boundary_px: int = 1  # mask pixels this close to a mask boundary do not count for association
+    surfel_px: float | None = 1.25  # segment at the image size where a surfel's σ spans this many pixels (None: as captured)
     consensus: ConsensusParams = field(default_factory=ConsensusParams)
     post: PostParams = field(default_factory=PostParams)
+    merge: MergeParams = field(default_factory=MergeParams)
     features: FeatureParams = field(default_factory=FeatureParams)
     instances: InstanceParams = field(default_factory=InstanceParams)
 
@@ -92,6 +97,10 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     g = Gaussians.from_splats(splats, device=dev)
     views = [View.from_camera(c, device=dev) for c in cams]
     mask_source, mask_why, label_maps = _label_maps(scene, cams, g, views, weights, quiet)
+    if params.surfel_px:
+        cams = working_cameras(splats, cams, params.surfel_px)
+        views = [View.from_camera(c, device=dev) for c in cams]
+        label_maps = [None if m is None else resize_labels(m, c.height, c.width) for m, c in zip(label_maps, cams)]
 
     st.start("rasterize", len(views))
     contribs = []
@@ -112,10 +121,14 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     eps = params.post.scale(means)
     coarse = coarse_instances(nodes, tracks, cons, means, params.post, eps)
     plane = dominant_plane(means, eps / 2)
-    is_bg = background_instances(coarse, means, eps / 2, params.instances, plane)
+    normals = quat_to_rotmat(splats.to_2dgs().unit_quats().astype(np.float64))[:, :, 2]
+    flat = on_support_plane(means, normals, eps / 5, plane)
+    is_bg = background_instances(coarse, means, flat, params.instances)
+    coarse, is_bg = merge_parts(coarse, tracks, means, is_bg, eps, params.merge)
     consistent = consistent_label_maps(coarse, tracks, label_maps)
     filtered = _filter_undersegmented(label_maps, tracks, cons.undersegmented)
     coarse_labels = vote_labels(contribs, consistent, len(coarse), params.vote_criterion)
+    evidence = label_evidence(contribs, consistent, len(coarse))
     st.end()
 
     st.start("features", params.features.iterations)
@@ -125,9 +138,8 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     feats = train_features(cache, filtered, consistent, coarse_labels, visible, params.features,
                            progress=lambda i, n, loss: st.update(i, n, f"loss {loss:.3f}"))
     del cache
-    labels = assign_instances(feats.cpu(), coarse_labels, is_bg, means, params.instances, params.min_gaussians)
-    normals = quat_to_rotmat(splats.to_2dgs().unit_quats().astype(np.float64))[:, :, 2]
-    labels[on_support_plane(means, normals, eps / 5, plane)] = -1
+    labels = assign_instances(evidence, is_bg, flat, feats.cpu().numpy(), means, eps, params.min_gaussians,
+                              params.instances)
     st.end()
 
     st.start("write")
@@ -138,6 +150,40 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     summary["timing_s"] = st.times
     _write_json(run / "segment.json", summary)
     return summary
+
+
+def working_cameras(splats, cams, surfel_px: float):
+    """The cameras resized so that the median surfel's σ spans `surfel_px` pixels.
+
+    Which Gaussians a mask holds depends on how pixels compare with splats: with pixels
+    much larger than the surfels, one Gaussian per pixel is a sparse sample that other
+    views sample differently (masks stop overlapping across views); with pixels much
+    smaller, every count and border in pixels means less and the rasterization costs
+    more for the same Gaussians. Segmenting at a size tied to the splats makes the
+    method independent of the capture's image size (masks are resampled to it)."""
+    scales = splats.to_2dgs().scales().max(axis=1)
+    sigma_px = []
+    for c in cams:
+        cam = c.world_to_camera[:3, :3] @ splats.means.T.astype(np.float64) + c.world_to_camera[:3, 3:4]
+        z = cam[2]
+        front = z > 1e-6
+        u = c.fx * cam[0, front] / z[front] + c.cx
+        v = c.fy * cam[1, front] / z[front] + c.cy
+        inside = (u >= 0) & (u < c.width) & (v >= 0) & (v < c.height)
+        if inside.any():
+            sigma_px.append(np.median(c.fx * scales[front][inside] / z[front][inside]))
+    if not sigma_px:
+        return cams
+    factor = surfel_px / float(np.median(sigma_px))
+    return [c.resized(max(8, round(c.width * factor)), max(8, round(c.height * factor))) for c in cams]
+
+
+def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resampling of a label map (pixel centres to pixel centres)."""
+    H, W = labels.shape
+    rows = np.minimum(((np.arange(height) + 0.5) * H / height).astype(int), H - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * W / width).astype(int), W - 1)
+    return labels[rows[:, None], cols[None, :]]
 
 
 def _label_maps(scene, cams, g, views, weights, quiet):

@@ -1,0 +1,118 @@
+"""One object, one instance: merge coarse instances that the views say move together.
+
+SAM splits objects into parts (a handle, a lid, the halves of a toy) in some views, and
+when that happens often enough the view consensus (consensus.py) keeps the parts apart:
+the whole-object masks are split in too many frames and are dropped as under-segmented,
+and the part masks never reach its 90 % support. The same masks still say how to join
+the parts again. In every frame, each instance has a *holding mask*: the mask that holds
+more than half of its Gaussians covered by that frame's masks. For two instances whose
+Gaussians touch (nearest neighbours within the scene's DBSCAN radius), a frame where both
+have a holding mask and it is the same one *joins* them; a frame where both have one and
+they differ *separates* them. They are one object when the joining frames are the
+majority of those frames (neighbouring objects are merged by SAM only now and then, the
+parts of one object are split only now and then).
+
+Merging is greedy, strongest agreement first, and the evidence is recounted after every
+merge (a part joined to the body is judged with the body's masks). Background instances
+(table, floor, wall) never merge with objects. Everything is sparse products over the
+tracked masks: masks × instances, never Gaussians × masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.spatial import cKDTree
+
+from .postprocess import Instance
+from .tracker import MaskTracks
+
+
+@dataclass
+class MergeParams:
+    joined_fraction: float = 0.5  # merge when more than this share of the deciding frames join the two
+    min_frames: int = 3  # frames that must decide before two instances may merge
+    min_covered: float = 0.1  # a frame decides for an instance when its masks cover this share of it
+    neighbours: int = 8  # nearest Gaussians looked at for contact
+
+
+def _membership(instances: list[Instance], n: int) -> sp.csr_matrix:
+    """[N, K] one-hot of instance membership (a Gaussian in several instances counts in each)."""
+    rows = np.concatenate([inst.gaussians for inst in instances]) if instances else np.zeros(0, int)
+    cols = np.concatenate([np.full(len(inst.gaussians), k) for k, inst in enumerate(instances)]) if instances \
+        else np.zeros(0, int)
+    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, len(instances)))
+    m.data[:] = 1.0
+    return m
+
+
+def frame_agreement(t: MaskTracks, instances: list[Instance], min_covered: float = 0.1):
+    """(joined, deciding): [K, K] counts of frames that join / decide each pair of instances.
+
+    In frame f, instance i's covered Gaussians are those in any mask of f; its holding
+    mask is the mask with more than half of them. Frame f decides for i when it covers
+    at least `min_covered` of i's Gaussians and i has a holding mask there."""
+    K, F = len(instances), len(t.frames)
+    if K == 0 or t.n_masks == 0:
+        return np.zeros((K, K)), np.zeros((K, K))
+    C = np.asarray((t.A @ _membership(instances, t.n_gaussians)).todense())  # [M, K] masks × instances: small
+    per_frame = sp.csr_matrix((np.ones(t.n_masks), (t.frame_of, np.arange(t.n_masks))), shape=(F, t.n_masks))
+    covered = np.asarray(per_frame @ C)  # [F, K]
+    sizes = np.array([len(inst.gaussians) for inst in instances], float)
+    decides = (covered >= min_covered * sizes[None, :]) & (covered > 0)  # [F, K]
+    # a tracked Gaussian is in one mask per frame, so at most one mask holds more than half
+    holds = (C > 0.5 * covered[t.frame_of]) & decides[t.frame_of]  # [M, K]
+    decides = (per_frame @ holds.astype(np.float64)) > 0
+    H, D = holds.astype(np.float64), decides.astype(np.float64)
+    return H.T @ H, D.T @ D
+
+
+def contact(instances: list[Instance], means: np.ndarray, radius: float, neighbours: int = 8) -> np.ndarray:
+    """[K, K] bool: some Gaussian of i has a Gaussian of j among its nearest neighbours
+    (within `radius`) among all instances' Gaussians."""
+    K = len(instances)
+    out = np.zeros((K, K), bool)
+    if K < 2:
+        return out
+    idx = np.concatenate([inst.gaussians for inst in instances])
+    owner = np.concatenate([np.full(len(inst.gaussians), k) for k, inst in enumerate(instances)])
+    k = min(neighbours + 1, len(idx))
+    dist, nb = cKDTree(means[idx]).query(means[idx], k=k)
+    near = dist <= radius
+    a = np.repeat(owner, k).reshape(-1, k)[near]
+    b = owner[nb[near]]
+    out[a, b] = True
+    out |= out.T
+    np.fill_diagonal(out, False)
+    return out
+
+
+def merge_parts(instances: list[Instance], t: MaskTracks, means: np.ndarray, is_background: np.ndarray,
+                radius: float, p: MergeParams = MergeParams()) -> tuple[list[Instance], np.ndarray]:
+    """Instances with the parts of one object merged, and their background flags.
+
+    `radius`: contact distance (the scene's DBSCAN radius)."""
+    instances = list(instances)
+    is_bg = np.asarray(is_background, bool).copy()
+    touching = contact(instances, means, radius, p.neighbours)
+    while len(instances) > 1:
+        joined, deciding = frame_agreement(t, instances, p.min_covered)
+        share = np.where(deciding >= p.min_frames, joined / np.maximum(deciding, 1), 0.0)
+        ok = touching & ~is_bg[:, None] & ~is_bg[None, :] & (share > p.joined_fraction)
+        np.fill_diagonal(ok, False)
+        if not ok.any():
+            break
+        i, j = np.unravel_index(np.argmax(np.where(ok, share, -1.0)), share.shape)
+        i, j = min(i, j), max(i, j)
+        instances[i] = Instance(np.union1d(instances[i].gaussians, instances[j].gaussians),
+                                np.union1d(instances[i].masks, instances[j].masks))
+        touching[i] |= touching[j]
+        touching[:, i] |= touching[:, j]
+        touching[i, i] = False
+        keep = np.arange(len(instances)) != j
+        del instances[j]
+        is_bg = is_bg[keep]
+        touching = touching[np.ix_(keep, keep)]
+    return instances, is_bg

@@ -1,0 +1,146 @@
+"""Final labels: every Gaussian to the object it sits on, or to the background.
+
+Coarse instances are seeds, not the answer. A Gaussian's evidence is how much it renders
+into each instance's multi-view-consistent 2D labels, summed over all views with its
+blending weights α·T (FlashSplat's closed-form accumulation): strong for the front
+surface, weak for Gaussians seen at grazing angles or through others, none where no
+mask covers it. Hidden and boundary Gaussians, whose evidence is weak or split, take
+their labels from their neighbours: labels spread over the k-nearest-neighbour graph of
+the Gaussian centres, each edge weighted by how alike the two contrastive features are,
+so that labels flow along an object and hardly across the seam to its neighbour
+(label spreading with a data term, as in the graph formulations of GaussianCut and
+SAGA's affinity features):
+
+    Q_i ← (E_i + λ Σ_j w_ij Q_j) / (Σ_c E_ic + λ Σ_j w_ij),   w_ij = exp((cos(f_i, f_j) − 1) / τ)
+
+E is the evidence normalised by the median total evidence of a Gaussian (so the balance
+does not depend on image size or view count); background evidence is the weight into
+background instances (table regions). Pixels that no label covers are no evidence: a
+mask missing in a view, or one that joined no instance, says nothing about the object
+under it. A tiny background prior decides only where neither evidence nor neighbours
+say anything, so that a Gaussian no camera saw (the hidden underside of an object)
+takes its neighbours' label. Gaussians lying flat on the support plane are clamped to
+background. Afterwards each object keeps only its connected body: a piece not connected
+to it (within the scene's DBSCAN radius), and an object too small to be one, goes to its
+next best class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+
+@dataclass
+class PropagateParams:
+    neighbours: int = 10
+    feature_temperature: float = 0.1  # τ: edge weight e^-1 at cosine 0.9
+    smoothness: float = 1.0  # λ: neighbours against a Gaussian's own (median-normalised) evidence
+    background_prior: float = 1e-3  # in units of a median Gaussian's evidence: decides only where nothing else does
+    iterations: int = 200  # upper bound; stops once no label changes for 20 iterations
+
+
+def label_evidence(contribs, label_maps, n_labels: int) -> np.ndarray:
+    """[N, n_labels] float32: Σ over views and pixels of each Gaussian's blending weight
+    α·T into pixels of label l + 1 (label maps: 0 = none; views without a map add
+    nothing). One sparse accumulation per view."""
+    import torch
+
+    N = contribs[0].n_gaussians if contribs else 0
+    L = n_labels + 1
+    acc = torch.zeros(N * L, dtype=torch.float64)
+    for c, labels in zip(contribs, label_maps):
+        if labels is None:
+            continue
+        lab = torch.from_numpy(np.asarray(labels).reshape(-1)).long().to(c.pixel.device)[c.pixel]
+        keep = lab > 0
+        acc.index_add_(0, (c.gaussian[keep] * L + lab[keep]).cpu(), c.weight[keep].double().cpu())
+    return acc.reshape(N, L)[:, 1:].numpy().astype(np.float32)
+
+
+def neighbour_graph(means: np.ndarray, features: np.ndarray, radius: float, p: PropagateParams) -> sp.csr_matrix:
+    """Symmetric [N, N] k-nearest-neighbour graph within `radius`, weights from feature cosine."""
+    N = len(means)
+    k = min(p.neighbours + 1, N)
+    dist, nb = cKDTree(means).query(means, k=k)
+    dist, nb = dist[:, 1:], nb[:, 1:]
+    cos = np.einsum("id,ijd->ij", features, features[nb])
+    w = np.exp((cos - 1.0) / p.feature_temperature) * (dist <= radius)
+    W = sp.csr_matrix((w.ravel().astype(np.float32), (np.repeat(np.arange(N), k - 1), nb.ravel())), shape=(N, N))
+    W = W.maximum(W.T).tocsr()
+    W.eliminate_zeros()
+    return W
+
+
+def spread(evidence: np.ndarray, W: sp.csr_matrix, clamped: np.ndarray, p: PropagateParams) -> np.ndarray:
+    """Class scores Q [N, C] (rows sum to 1). `evidence` [N, C], class 0 = background;
+    `clamped` rows are fixed to background."""
+    N, C = evidence.shape
+    E = evidence.astype(np.float64)
+    total = E.sum(1)
+    scale = np.median(total[total > 0]) if (total > 0).any() else 1.0
+    E = E / scale
+    E[:, 0] += p.background_prior
+    E[clamped] = 0.0
+    E[clamped, 0] = 1.0
+    lam = p.smoothness
+    deg = np.asarray(W.sum(1)).ravel()
+    denom = E.sum(1) + lam * deg
+    free = ~clamped
+    Q = E / E.sum(1, keepdims=True)
+    labels, stable = Q.argmax(1), 0
+    for _ in range(p.iterations):
+        Q[free] = ((E + lam * (W @ Q)) / denom[:, None])[free]
+        new = Q.argmax(1)
+        stable = stable + 1 if np.array_equal(new, labels) else 0
+        labels = new
+        if stable >= 20:
+            break
+    return Q
+
+
+def keep_bodies(labels: np.ndarray, Q: np.ndarray, W: sp.csr_matrix, min_gaussians: int) -> np.ndarray:
+    """Each object (class ≥ 1 in `labels`) keeps its largest connected piece in the graph
+    `W`; other pieces, and objects smaller than `min_gaussians`, go to their next best
+    class in `Q`. Repeated until nothing moves (a piece that moves may leave another
+    piece detached; each pass only moves Gaussians away from a class they were cut off
+    from, so it ends)."""
+    labels = labels.copy()
+    banned = np.zeros(Q.shape, bool)
+    for _ in range(10):
+        coo = W.tocoo()
+        same = labels[coo.row] == labels[coo.col]
+        G = sp.csr_matrix((np.ones(same.sum()), (coo.row[same], coo.col[same])), shape=W.shape)
+        _, comp = connected_components(G, directed=False)
+        obj = labels > 0
+        key = comp[obj]
+        sizes = np.bincount(key, minlength=comp.max() + 1)
+        body = np.zeros(Q.shape[1], int)  # the largest component of each class
+        body_size = np.zeros(Q.shape[1], int)
+        lab_of_comp = np.zeros(comp.max() + 1, int)
+        lab_of_comp[key] = labels[obj]
+        order = np.argsort(sizes)  # ascending: the last write per class is its largest
+        present = sizes[order] > 0
+        body[lab_of_comp[order[present]]] = order[present]
+        body_size[lab_of_comp[order[present]]] = sizes[order[present]]
+        total = np.bincount(labels, minlength=Q.shape[1])
+        detached = obj & ((comp != body[labels]) | (total[labels] < min_gaussians))
+        if not detached.any():
+            break
+        idx = np.flatnonzero(detached)
+        banned[idx, labels[idx]] = True
+        labels[idx] = np.where(banned[idx], -np.inf, Q[idx]).argmax(1)
+    return labels
+
+
+def propagate_labels(evidence: np.ndarray, clamped: np.ndarray, features: np.ndarray, means: np.ndarray,
+                     radius: float, min_gaussians: int, p: PropagateParams = PropagateParams()) -> np.ndarray:
+    """Label per Gaussian: class index from `evidence` [N, C] (0 = background), after
+    spreading over the feature-weighted neighbour graph and keeping connected bodies."""
+    W = neighbour_graph(means, features, radius, p)
+    Q = spread(evidence, W, clamped, p)
+    return keep_bodies(Q.argmax(1), Q, W, min_gaussians)
