@@ -19,7 +19,10 @@ def add_parser(sub) -> None:
     p.add_argument("--generator", default="geometric", help="complete: generator (geometric, diffusion, auto)")
     p.add_argument("--weights", default=None, help="complete: diffusion weights folder")
     p.add_argument("--no-render", action="store_true", help="complete: skip the PSNR renders")
-    p.add_argument("--scene", help="segment: scene folder (default: generate the built-in scene)")
+    p.add_argument("--scene", nargs="+", metavar="DIR",
+                   help="segment: scene folders (default: the built-in scenes of --seeds)")
+    p.add_argument("--synth-size", default="256x192", metavar="WxH",
+                   help="segment: image size of the generated built-in scenes (default 256x192)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per row (median reported)")
     p.add_argument("--gaussians", type=int, default=10_000, help="Gaussians for the CPU rows")
     p.add_argument("--size", default="256x256", help="image size WxH for the CPU rows")
@@ -118,25 +121,53 @@ def raster_rows(n: int, width: int, height: int, repeats: int):
     return rows
 
 
-def segment_bench(scene: str | None) -> int:
-    """Time every stage of `instascene segment` on a scene (the built-in one by default)."""
-    import json
+def segment_bench(scenes: list[str] | None, seeds, cache: str | None, synth_size: str) -> int:
+    """Segment each scene (the built-in scenes of `seeds` at `synth_size` by default):
+    time per stage, and where the scene has ground truth the quality a user sees —
+    one-to-one mIoU on Gaussians, objects' Gaussians left in the background, other
+    objects' or background Gaussians inside instances, instances against objects."""
     import tempfile
     from pathlib import Path
 
+    from ..eval.segmentation import evaluate_segmentation
+    from ..io.scene import load_scene
     from ..segment.pipeline import segment_scene
     from ..synth.generate import SynthOptions, generate_scene
 
+    width, height = (int(v) for v in synth_size.lower().split("x"))
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        if scene is None:
-            scene = str(Path(tmp) / "scene")
+        root = Path(cache or tmp)
+        folders = [Path(s) for s in scenes] if scenes else []
+        for seed in ([] if scenes else seeds):
+            folder = root / f"scene_{seed}_{width}x{height}"
+            if not (folder / "synth.json").exists():
+                t = time.perf_counter()
+                generate_scene(folder, SynthOptions(seed=seed, width=width, height=height), force=True)
+                print(f"built-in scene seed {seed} at {width}x{height} generated in {time.perf_counter() - t:.1f} s")
+            folders.append(folder)
+        for i, folder in enumerate(folders):
+            run = Path(tmp) / f"run_{i}"
             t = time.perf_counter()
-            generate_scene(scene, SynthOptions(seed=0))
-            print(f"built-in scene generated in {time.perf_counter() - t:.1f} s")
-        t = time.perf_counter()
-        summary = segment_scene(scene, Path(tmp) / "run", quiet=True)
-        total = time.perf_counter() - t
-    print(json.dumps({"total_s": round(total, 1), **summary}, indent=2))
+            summary = segment_scene(folder, run, quiet=True)
+            total = time.perf_counter() - t
+            print(json.dumps({"scene": str(folder), "total_s": round(total, 1), **summary}), flush=True)
+            scene = load_scene(folder, load_splats=False)
+            cam = scene.cameras[0]
+            row = {"scene": folder.name, "views": len(scene.cameras), "size": f"{cam.width}x{cam.height}",
+                   "seconds": total}
+            if (folder / "gt").is_dir():
+                row.update(evaluate_segmentation(run, folder / "gt", views=False))
+            rows.append(row)
+    print("| scene | views | size | Gaussians | objects | instances | mIoU | left in background | strays | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "miou_3d" in r:
+            q = (f"{r['gaussians']} | {r['objects']} | {r['predicted_instances']} | {r['miou_3d']:.3f} | "
+                 f"{100 * r['left_in_background']:.1f} % | {100 * r['strays']:.1f} %")
+        else:
+            q = "– | – | – | – | – | –"
+        print(f"| {r['scene']} | {r['views']} | {r['size']} | {q} | {r['seconds']:.0f} |")
     return 0
 
 
@@ -247,7 +278,7 @@ def run(args) -> int:
     from ..render import gsplat_backend
 
     if args.what == "segment":
-        return segment_bench(args.scene)
+        return segment_bench(args.scene, args.seeds, args.cache, args.synth_size)
     if args.what == "ablation":
         return ablation_bench(args.seeds, args.cache)
     if args.what == "complete":

@@ -31,7 +31,7 @@ from ..io.rotations import quat_to_rotmat
 from .consensus import cluster_masks, view_consensus
 from .features import FeatureParams, train_features
 from .instances import assign_instances, background_instances, dominant_plane, on_support_plane
-from .merge import merge_parts
+from .merge import merge_labels, merge_parts
 from .postprocess import coarse_instances, consistent_label_maps, vote_labels
 from .propagate import label_evidence
 from .tracker import track_masks
@@ -125,6 +125,7 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
     feats = train_features(cache, filtered, consistent, coarse, visible, FeatureParams(iterations=feature_iterations))
     evidence = label_evidence(contribs, consistent, len(is_bg))
     labels = assign_instances(evidence, is_bg, flat, feats.numpy(), means, eps, min_gaussians, ip)
+    labels = merge_labels(labels, tracks, means, eps, params.merge)
     out["full"] = hungarian_miou(labels, gt).miou
     if not losses:
         return out

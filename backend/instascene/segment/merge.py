@@ -14,7 +14,10 @@ parts of one object are split only now and then).
 
 Merging is greedy, strongest agreement first, and the evidence is recounted after every
 merge (a part joined to the body is judged with the body's masks). Background instances
-(table, floor, wall) never merge with objects. Everything is sparse products over the
+(table, floor, wall) never merge with objects. It runs on the coarse instances, so that
+the feature field and the final labels treat the parts as one, and once more on the
+final instances, whose denser Gaussian sets let more views decide (a part seen from a
+few views only). Everything is sparse products over the
 tracked masks: masks × instances, never Gaussians × masks.
 """
 
@@ -116,3 +119,17 @@ def merge_parts(instances: list[Instance], t: MaskTracks, means: np.ndarray, is_
         is_bg = is_bg[keep]
         touching = touching[np.ix_(keep, keep)]
     return instances, is_bg
+
+
+def merge_labels(labels: np.ndarray, t: MaskTracks, means: np.ndarray, radius: float,
+                 p: MergeParams = MergeParams()) -> np.ndarray:
+    """`merge_parts` on per-Gaussian object labels (-1 = background), renumbered 0..K-1."""
+    K = int(labels.max()) + 1 if len(labels) else 0
+    if K < 2:
+        return labels
+    instances = [Instance(np.flatnonzero(labels == k), np.zeros(0, int)) for k in range(K)]
+    merged, _ = merge_parts(instances, t, means, np.zeros(K, bool), radius, p)
+    out = np.full(len(labels), -1, dtype=labels.dtype)
+    for k, inst in enumerate(merged):
+        out[inst.gaussians] = k
+    return out

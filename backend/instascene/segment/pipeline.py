@@ -26,7 +26,7 @@ from .consensus import ConsensusParams, cluster_masks, view_consensus
 from .features import FeatureParams, train_features
 from ..io.rotations import quat_to_rotmat
 from .instances import InstanceParams, assign_instances, background_instances, dominant_plane, on_support_plane
-from .merge import MergeParams, merge_parts
+from .merge import MergeParams, merge_labels, merge_parts
 from .postprocess import PostParams, coarse_instances, consistent_label_maps, vote_labels
 from .propagate import label_evidence
 from .tracker import track_masks
@@ -140,6 +140,7 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     del cache
     labels = assign_instances(evidence, is_bg, flat, feats.cpu().numpy(), means, eps, params.min_gaussians,
                               params.instances)
+    labels = merge_labels(labels, tracks, means, eps, params.merge)
     st.end()
 
     st.start("write")
