@@ -154,10 +154,8 @@ def segment_bench(scenes: list[str] | None, seeds, cache: str | None, synth_size
             print(json.dumps({"scene": str(folder), "total_s": round(total, 1), **summary}), flush=True)
             scene = load_scene(folder, load_splats=False)
             cam = scene.cameras[0]
-            row = {"scene": folder.name, "views": len(scene.cameras), "size": f"{cam.width}x{cam.height}",
-                   "seconds": total}
-            if (folder / "gt").is_dir():
-                row.update(evaluate_segmentation(run, folder / "gt", views=False))
+            row = evaluate_segmentation(run, folder / "gt", views=False) if (folder / "gt").is_dir() else {}
+            row.update(scene=folder.name, views=len(scene.cameras), size=f"{cam.width}x{cam.height}", seconds=total)
             rows.append(row)
     print("| scene | views | size | Gaussians | objects | instances | mIoU | left in background | strays | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -103,19 +103,20 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
         if merge:
             inst, is_bg = merge_parts(inst, tracks, means, is_bg, eps, params.merge)
         consistent = consistent_label_maps(inst, tracks, maps)
-        return tracks, cons, is_bg, consistent, vote_labels(contribs, consistent, len(inst))
+        evidence = label_evidence(contribs, consistent, len(inst))
+        return tracks, cons, is_bg, consistent, evidence, vote_labels(evidence)
 
     def objects_only(coarse, is_bg):
         return np.where((coarse >= 0) & ~is_bg[np.maximum(coarse, 0)], coarse, -1)
 
-    _, _, is_bg, _, coarse = associate("transmittance", 0)
+    _, _, is_bg, _, _, coarse = associate("transmittance", 0)
     out["paper"] = hungarian_miou(objects_only(coarse, is_bg), gt).miou
-    _, _, is_bg, _, coarse = associate("crossing", 1)
+    _, _, is_bg, _, _, coarse = associate("crossing", 1)
     labels = objects_only(coarse, is_bg)
     out["crossing"] = hungarian_miou(labels, gt).miou
     labels[flat] = -1
     out["+ plane"] = hungarian_miou(labels, gt).miou
-    tracks, cons, is_bg, consistent, coarse = associate(params.criterion, params.boundary_px, merge=True)
+    tracks, cons, is_bg, consistent, evidence, coarse = associate(params.criterion, params.boundary_px, merge=True)
     labels = objects_only(coarse, is_bg)
     labels[flat] = -1
     out["+ merged"] = hungarian_miou(labels, gt).miou
@@ -123,7 +124,6 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
     filtered = _filter_undersegmented(maps, tracks, cons.undersegmented)
     visible = [np.asarray(tracks.W[f].indices) for f in range(len(views))]
     feats = train_features(cache, filtered, consistent, coarse, visible, FeatureParams(iterations=feature_iterations))
-    evidence = label_evidence(contribs, consistent, len(is_bg))
     labels = assign_instances(evidence, is_bg, flat, feats.numpy(), means, eps, min_gaussians, ip)
     labels = merge_labels(labels, tracks, means, eps, params.merge)
     out["full"] = hungarian_miou(labels, gt).miou

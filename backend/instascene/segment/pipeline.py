@@ -35,7 +35,6 @@ from .tracker import track_masks
 @dataclass
 class SegmentParams:
     criterion: str = "crossing"  # association: which pairs make a mask's Gaussian set
-    vote_criterion: str = "transmittance"  # dense coarse labels from the consistent masks
     min_gaussians: int = 50
     boundary_px: int = 1  # mask pixels this close to a mask boundary do not count for association
     surfel_px: float | None = 1.25  # segment at the image size where a surfel's σ spans this many pixels (None: as captured)
@@ -127,8 +126,8 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     coarse, is_bg = merge_parts(coarse, tracks, means, is_bg, eps, params.merge)
     consistent = consistent_label_maps(coarse, tracks, label_maps)
     filtered = _filter_undersegmented(label_maps, tracks, cons.undersegmented)
-    coarse_labels = vote_labels(contribs, consistent, len(coarse), params.vote_criterion)
     evidence = label_evidence(contribs, consistent, len(coarse))
+    coarse_labels = vote_labels(evidence)
     st.end()
 
     st.start("features", params.features.iterations)

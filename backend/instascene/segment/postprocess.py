@@ -184,26 +184,16 @@ def consistent_label_maps(instances: list[Instance], t: MaskTracks, label_maps) 
     return out
 
 
-def vote_labels(contribs, consistent_maps, n_instances: int, criterion: str = "transmittance",
-                min_share: float = 0.5) -> np.ndarray:
-    """Dense coarse labels: every Gaussian takes the instance whose consistent 2D label it
-    renders most often (pairs selected by `criterion`, over all views), if that instance
-    holds more than `min_share` of its labelled pixels; -1 otherwise. Pixels of masks that
-    belong to no instance do not vote. One sparse accumulation per view."""
-    import torch
-
-    N = contribs[0].n_gaussians
-    L = n_instances + 1
-    acc = torch.zeros(N * L, dtype=torch.float64)
-    for c, labels in zip(contribs, consistent_maps):
-        if labels is None:
-            continue
-        c = c.select(criterion)
-        lab = torch.from_numpy(np.asarray(labels).reshape(-1)).long().to(c.pixel.device)[c.pixel]
-        keep = lab > 0
-        acc.index_add_(0, (c.gaussian[keep] * L + lab[keep]).cpu(), torch.ones(int(keep.sum()), dtype=torch.float64))
-    acc = acc.reshape(N, L)[:, 1:].numpy()
-    total = acc.sum(1)
-    best = acc.argmax(1)
-    share = acc[np.arange(N), best] / np.maximum(total, 1e-12)
+def vote_labels(evidence: np.ndarray, min_share: float = 0.5) -> np.ndarray:
+    """Dense coarse labels from `evidence` [N, n_instances] (each Gaussian's blending
+    weight into each instance's consistent 2D labels, propagate.label_evidence): the
+    instance holding more than `min_share` of a Gaussian's labelled weight, -1 where
+    none does or nothing labelled it. The feature field's 3D loss trains on these; the
+    final labels (instances.assign_instances) start from the same evidence, so both
+    read the views alike."""
+    if evidence.shape[1] == 0:
+        return np.full(len(evidence), -1)
+    total = evidence.sum(1)
+    best = evidence.argmax(1)
+    share = evidence[np.arange(len(evidence)), best] / np.maximum(total, 1e-12)
     return np.where((total > 0) & (share > min_share), best, -1)
