@@ -99,6 +99,9 @@ class INSTASCENE_OT_materialize(bpy.types.Operator):
     display: EnumProperty(name="Display", items=DISPLAY_ITEMS, default="AUTO")
     mesh_in_render: BoolProperty(name="Meshes in Renders", default=False,
                                  description="Render the completed meshes too (else only their splats)")
+    observed_background: BoolProperty(name="Observed Background", default=False,
+                                      description="Show the background as the cameras saw it, with holes where "
+                                      "the objects stood (else the completed one, when the run has it)")
 
     def execute(self, context):
         from .blender.materialize import materialize
@@ -110,13 +113,13 @@ class INSTASCENE_OT_materialize(bpy.types.Operator):
         prefs = get_prefs(context)
         try:
             res = materialize(run, context.scene, display=self.display, point_threshold=prefs.point_threshold,
-                              mesh_in_render=self.mesh_in_render)
+                              mesh_in_render=self.mesh_in_render, completed_background=not self.observed_background)
         except _USER_ERRORS as e:
             return _fail(self, str(e))
         if res["skipped"]:
             self.report({"WARNING"}, f"instances without files skipped: {', '.join(res['skipped'][:10])}")
         self.report({"INFO"}, f"{'replaced' if res['replaced'] else 'materialized'} {len(res['instances'])} "
-                              f"instances{' and the background' if res['background'] else ''}")
+                              f"instances{' and the ' + res['background_kind'] + ' background' if res['background'] else ''}")
         return {"FINISHED"}
 
 

@@ -218,6 +218,13 @@ def test_materialize_run_twice(tmp_path):
     world = attr(child, "position").astype(np.float64) + np.array(child.matrix_world.translation)
     assert np.allclose(world, read_ply(run / "instances" / "1" / "observed.ply").means, atol=1e-5)
     assert len(bpy.data.objects["background"].data.vertices) == 30
+    # a completed background (the table closed under the objects) replaces the observed one
+    write_ply(run / "background_completed.ply", make_splats(45, seed=98, center=(0, 0, -1), spread=1.0))
+    assert bpy.ops.instascene.materialize(run_dir=str(run)) == {"FINISHED"}
+    bg = bpy.data.objects["background"]
+    assert len(bg.data.vertices) == 45 and bg["instascene_background_completed"] == 1
+    assert bpy.ops.instascene.materialize(run_dir=str(run), observed_background=True) == {"FINISHED"}
+    assert len(bpy.data.objects["background"].data.vertices) == 30
 
 
 # ---------------------------------------------------------------------- export

@@ -302,6 +302,12 @@ def test_run_folder_schema(tmp_path):
     run = make_run(tmp_path / "run")
     rf = run_folder.read_run_folder(run)
     assert [r.id for r in rf.instances] == ["1", "2", "3"] and rf.background and rf.labels
+    assert rf.background == rf.background_observed == str(run / "background.ply")
+    # after completion the closed background is the one shown; the observed one stays at hand
+    write_ply(run / "background_completed.ply", make_splats(45, seed=98, center=(0, 0, -1), spread=1.0))
+    rf = run_folder.read_run_folder(run)
+    assert rf.background == str(run / "background_completed.ply")
+    assert rf.background_observed == str(run / "background.ply")
     r1 = rf.instances[0]
     assert set(r1.files) == {"observed", "mesh"} and r1.splat_file.endswith("1/observed.ply")
     assert np.allclose(run_folder.instance_centroid(r1), read_ply(r1.splat_file).means.mean(0), atol=1e-6)

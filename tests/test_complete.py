@@ -255,6 +255,14 @@ def test_completion_writes_the_contract(completed):
         assert mesh.is_watertight == rec["completion"]["watertight"] is True
         assert len(rec["completion"]["conditions"]) == 2 and rec["completion"]["best_cameras"]
     assert doc["completion"]["generator"] == "geometric"
+    # the background: observed Gaussians first, unchanged, then the surfels that close the table
+    labels = np.load(run / "labels.npy")
+    observed_bg = read_ply(scene / "point_cloud.ply").subset(labels < 0).to_2dgs()
+    full_bg = read_ply(run / doc["background"]["completed"])
+    info = doc["background"]["completion"]
+    assert len(full_bg) == len(observed_bg) + info["new_gaussians"] and info["new_gaussians"] > 0
+    assert np.array_equal(full_bg.means[: len(observed_bg)], observed_bg.means)
+    assert info["coverage_observed"] < info["coverage_completed"] and info["coverage_completed"] >= 0.99
 
 
 def test_completed_beats_observed(completed):

@@ -112,7 +112,7 @@ def test_run_folder_follows_the_contract(segmented):
         assert len(observed) == inst["gaussians"] == int((labels == inst["id"]).sum())
         assert np.allclose(observed.means.mean(0), inst["centroid"], atol=1e-4)
     assert len(read_ply(run / "background.ply")) == int((labels < 0).sum())
-    assert set(summary["timing_s"]) >= {"rasterize", "track", "associate", "features", "write"}
+    assert set(summary["timing_s"]) >= {"rasterize", "track", "associate", "features", "instances", "write"}
 
 
 def test_instances_match_the_objects(segmented):

@@ -5,7 +5,9 @@ Per instance `<id>` (records and files: io/run_folder.py):
   origin is the instance centroid, and its splats (`completed.ply`, else
   `observed.ply`) as the child `instance_<id>_splats` (so moving the mesh moves them);
 - without a mesh: the splat object itself is `instance_<id>`, origin at the centroid.
-`background.ply` becomes the splat object `background`. Everything goes into a
+The background becomes the splat object `background`: `background_completed.ply` (the
+table closed under the objects, so moving one reveals table, not void) when the run has
+it and `completed_background` is set, else `background.ply`. Everything goes into a
 collection named after the run folder, tagged with the run's path; materializing the
 same run again deletes that collection's objects first, so it replaces, never duplicates.
 The imported whole-scene splats of the segmented scene (instances.json "scene") are hidden
@@ -74,8 +76,10 @@ def find_run_collection(root: str):
 
 
 def materialize(run_dir: str, scene, display: str = "AUTO", point_threshold: int = 200_000,
-                mesh_in_render: bool = False) -> dict:
+                mesh_in_render: bool = False, completed_background: bool = True) -> dict:
     run = read_run_folder(run_dir)
+    bg_path = run.background if completed_background else (run.background_observed or run.background)
+    bg_kind = "completed" if bg_path and bg_path != run.background_observed else "observed"
     # read everything first: a bad file leaves the previous result untouched
     loaded = []
     for rec in run.instances:
@@ -84,7 +88,7 @@ def materialize(run_dir: str, scene, display: str = "AUTO", point_threshold: int
         if data is None and mesh is None:
             continue
         loaded.append((rec, data, mesh))
-    background = read_splat_ply(run.background) if run.background else None
+    background = read_splat_ply(bg_path) if bg_path else None
 
     old = find_run_collection(run.root)
     if old is not None:
@@ -122,9 +126,11 @@ def materialize(run_dir: str, scene, display: str = "AUTO", point_threshold: int
     if background is not None:
         vp, always = viewport_points_for(display, len(background), point_threshold)
         bg = splats.create_splat_object("background", background, coll, viewport_points=vp,
-                                        always_points=always, source=run.background)
+                                        always_points=always, source=bg_path)
         bg[RUN_PROP], bg["instascene_background"] = run.root, 1
+        bg["instascene_background_completed"] = int(bg_kind == "completed")
     superseded = _hide_source_scene(run, scene)
     raise_transparent_bounces(scene)
     return {"collection": coll, "superseded": superseded, "instances": objects, "background": bg,
+            "background_kind": bg_kind,
             "skipped": skipped, "replaced": old is not None}

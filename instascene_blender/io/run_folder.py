@@ -8,13 +8,15 @@ Layout read here::
     RUN/instances/<id>/completed.ply    2DGS PLY (complete; preferred over observed.ply)
     RUN/instances/<id>/mesh.ply         triangle mesh with vertex colours (complete)
     RUN/background.ply                  everything that is no object
+    RUN/background_completed.ply        the same, then surfels that close the table under the
+                                        objects (complete; preferred over background.ply)
 
 Schema assumed for ``instances.json`` (the segmentation issue names id, Gaussian count,
 bounding box and centroid; the completion issue adds "what was done and which files
 exist"). Either a JSON list of instance records or an object holding that list
 under ``"instances"``; of the object's other keys the add-on uses ``"scene"`` (the
-segmented scene folder) and ``"background": {"file": ...}`` (default background.ply),
-as the backend's segmentation writes them. Per record:
+segmented scene folder) and ``"background": {"file": ..., "completed": ...}`` (defaults
+background.ply and background_completed.ply), as the backend writes them. Per record:
 
     id         int or string, required; the folder name under instances/ is str(id)
     gaussians  int, Gaussian count (optional for the add-on)
@@ -64,9 +66,10 @@ class RunFolder:
     root: str
     name: str
     instances: list  # [InstanceRecord]
-    background: str | None  # path of background.ply when present
+    background: str | None  # the background to show: background_completed.ply, else background.ply
     labels: str | None  # path of labels.npy when present
     scene: str | None = None  # the segmented scene, when instances.json names it ("scene")
+    background_observed: str | None = None  # background.ply when present (what the cameras saw)
 
 
 def _vec3(value, what: str, path) -> np.ndarray | None:
@@ -136,13 +139,19 @@ def read_run_folder(run_dir) -> RunFolder:
             raw=r,
         ))
     bg = os.path.join(root, "background.ply")
+    completed = os.path.join(root, "background_completed.ply")
     bg_doc = doc.get("background")
-    if isinstance(bg_doc, dict) and isinstance(bg_doc.get("file"), str):
-        bg = os.path.normpath(os.path.join(root, bg_doc["file"]))
+    if isinstance(bg_doc, dict):
+        if isinstance(bg_doc.get("file"), str):
+            bg = os.path.normpath(os.path.join(root, bg_doc["file"]))
+        if isinstance(bg_doc.get("completed"), str):
+            completed = os.path.normpath(os.path.join(root, bg_doc["completed"]))
+    bg = bg if os.path.isfile(bg) else None
     labels = os.path.join(root, "labels.npy")
     scene = doc.get("scene") if isinstance(doc.get("scene"), str) else None
     return RunFolder(root, os.path.basename(root.rstrip(os.sep)) or "run", records,
-                     bg if os.path.isfile(bg) else None, labels if os.path.isfile(labels) else None, scene)
+                     completed if os.path.isfile(completed) else bg, labels if os.path.isfile(labels) else None,
+                     scene, bg)
 
 
 def instance_centroid(rec: InstanceRecord, means: np.ndarray | None = None) -> np.ndarray:

@@ -11,6 +11,8 @@ Per instance (method.md §5, the stages of InstaScene's in-situ generation):
   5. fine-tune the new Gaussians on the real and generated views (finetune.py)
   6. TSDF mesh with vertex colours (mesh.py)
   7. RUN/instances/<id>/completed.ply, mesh.ply; instances.json records what was done
+Before the objects, the support surface they hid is closed (background.py):
+RUN/background_completed.ply.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from ..errors import InstaSceneError
 from ..io.atomic import atomic_write
 from ..io.ply import write_ply
 from ..io.splats import SH_C0
+from .background import BackgroundParams, complete_background
 from .evidence import NOTHING, SceneEvidence, camera_scores, in_frame, project, scene_evidence
 from .finetune import FinetuneParams, FitView, fit_colors
 from .generator import GenerationTask
+from .guard import GuardParams, guard_labels
 from .mesh import Mesh, MeshParams, extract_mesh, fuse_tsdf, vertex_colors
 from .ring import RingParams, render_cached, ring_cameras, view_caches
 from .shape import ShapeParams, close_shape, concat_splats, support_plane, surfel_spacing, unseen_surfels
@@ -44,6 +48,8 @@ class CompleteParams:
     ring: RingParams = field(default_factory=RingParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
     mesh: MeshParams = field(default_factory=MeshParams)
+    background: BackgroundParams = field(default_factory=BackgroundParams)
+    guard: GuardParams = field(default_factory=GuardParams)
     conditions: int = 2  # ring views the generator conditions on
     real_views: int = 10  # best real cameras in the fine-tune (the official filter_occ_cam keeps 10)
     min_gaussians: int = 100  # smaller instances are left as observed
@@ -97,7 +103,15 @@ def load_run(run_dir) -> tuple[Path, dict, np.ndarray]:
     labels_path = run / "labels.npy"
     if not labels_path.is_file():
         raise InstaSceneError("labels.npy missing from the run folder", run)
-    return run, doc, np.load(labels_path)
+    return run, doc, load_array(labels_path, "labels")
+
+
+def load_array(path: Path, what: str) -> np.ndarray:
+    """A .npy file of the run, or a clear error naming it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InstaSceneError(f"cannot read the {what} array ({e}); segment the scene again", path) from None
 
 
 def complete_run(run_dir, instances=None, generator: str = "auto", weights: str | None = None,
@@ -123,6 +137,7 @@ def complete_run(run_dir, instances=None, generator: str = "auto", weights: str 
     chosen = [i for i in chosen if records[i]["gaussians"] >= p.min_gaussians or instances]
     prog = Progress(report, quiet, len(chosen) + 1)
     t0 = time.perf_counter()
+    labels, shed = guard_labels(labels, splats.means.astype(np.float64), p.guard)
     prog("evidence", 0.0, f"{len(cams)} views")
     if not quiet:
         print(f"complete: {len(chosen)} instance(s) with the {gen.name} generator; reading {len(cams)} views")
@@ -131,6 +146,14 @@ def complete_run(run_dir, instances=None, generator: str = "auto", weights: str 
     bg = means[labels < 0]
     plane = support_plane(bg, cams, 3 * surfel_spacing(bg)) if len(bg) else None
     evidence_s = time.perf_counter() - t0
+    prog("background", 0.0, "closing the support surface under the objects")
+    doc["background"] = {**(doc.get("background") or {}),
+                         **complete_scene_background(scene, splats, labels, ev, plane, run, p.background)}
+    _write_json(run / "instances.json", doc)
+    if not quiet:
+        b = doc["background"]["completion"]
+        print(f"  background: +{b['new_gaussians']} surfels, support surface covered "
+              f"{b.get('coverage_observed', 0):.1%} -> {b.get('coverage_completed', 0):.1%}, {b['seconds']} s")
     done = []
     for j, k in enumerate(chosen):
         prog.index = j + 1
@@ -141,7 +164,7 @@ def complete_run(run_dir, instances=None, generator: str = "auto", weights: str 
         rec = records[k]
         rec["files"] = {**rec.get("files", {}), "completed": f"instances/{k}/completed.ply", "mesh": f"instances/{k}/mesh.ply"}
         rec["status"] = "completed"
-        rec["completion"] = info
+        rec["completion"] = {**info, "shed_to_background": shed.get(k, 0)}
         _write_json(run / "instances.json", doc)  # after each object: progress survives a cancel
         done.append(k)
         if not quiet:
@@ -150,6 +173,22 @@ def complete_run(run_dir, instances=None, generator: str = "auto", weights: str 
     doc["completion"] = {"generator": gen.name, "params": asdict(p), "evidence_seconds": round(evidence_s, 2)}
     _write_json(run / "instances.json", doc)
     return {"completed": done, "generator": gen.name, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def complete_scene_background(scene, splats, labels, ev: SceneEvidence, plane, run: Path,
+                              p: BackgroundParams) -> dict:
+    """RUN/background_completed.ply (the observed background, then the new surfels) and
+    its record for instances.json."""
+    t = time.perf_counter()
+    observed = splats.subset(labels < 0).to_2dgs()
+
+    def image(name):
+        return scene.image(name).astype(np.float32) / 255.0 if name in scene.image_paths else None
+
+    new, info = complete_background(observed, plane, ev, image, p)
+    write_ply(run / "background_completed.ply", concat_splats(observed, new))
+    info["seconds"] = round(time.perf_counter() - t, 2)
+    return {"file": "background.ply", "completed": "background_completed.ply", "completion": info}
 
 
 def _write_json(path: Path, data) -> None:

@@ -137,6 +137,9 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     feats = train_features(cache, filtered, consistent, coarse_labels, visible, params.features,
                            progress=lambda i, n, loss: st.update(i, n, f"loss {loss:.3f}"))
     del cache
+    st.end()
+
+    st.start("instances")
     labels = assign_instances(evidence, is_bg, flat, feats.cpu().numpy(), means, eps, params.min_gaussians,
                               params.instances)
     labels = merge_labels(labels, tracks, means, eps, params.merge)
