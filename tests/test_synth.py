@@ -57,6 +57,34 @@ def test_folder_loads_through_the_scene_loader(scene):
     assert (full.extra["seen"] == 0).any() and len(full) > objects[0]["observed_gaussians"]
 
 
+def test_ground_truth_records_the_complete_support_surface(scene):
+    """gt/instances.json "support" is the table disc; gt/background.ply holds every table surfel,
+    the seen ones being exactly the scene's background Gaussians (what `eval layout` relies on)."""
+    from instascene.eval.layout import _estimate_disc, coverage, support_of
+    from instascene.eval.segmentation import load_gt
+
+    data = json.loads((scene / "gt/instances.json").read_text())
+    assert data["background_id"] == -1 and data["support"]["kind"] == "disc"
+    c, r = np.asarray(data["support"]["center"]), data["support"]["radius"]
+    assert c[2] == 0.0 and r > 0
+    full = read_ply(scene / "gt/background.ply")
+    seen = full.extra["seen"] > 0
+    assert 0 < seen.sum() < len(full)  # the table under the objects was never seen
+    assert np.all(np.linalg.norm(full.means[:, :2] - c[:2], axis=1) <= r + 1e-5) and np.all(full.means[:, 2] == 0)
+    s = load_scene(scene)
+    gi = np.load(scene / "gt/gaussian_instances.npy")
+    observed = s.splats.means[gi < 0]
+    key = lambda m: m[np.lexsort(m.T)]  # noqa: E731
+    np.testing.assert_array_equal(key(full.means[seen]), key(observed))
+    gt = load_gt(scene / "gt")
+    sup = support_of(gt)
+    assert sup.source == "gt/instances.json" and sup.size == r
+    est = _estimate_disc(gt, s.splats)  # what scenes made before "support" was recorded fall back to
+    assert np.linalg.norm(est.center - c) < 0.01 * r and abs(est.size - r) < 0.01 * r
+    assert coverage(full, sup)["fraction"] > 0.99
+    assert coverage(s.splats.subset(gi < 0), sup)["fraction"] < coverage(full, sup)["fraction"]
+
+
 def test_images_are_renders_of_the_splats(scene):
     s = load_scene(scene)
     g = Gaussians.from_splats(s.splats)

@@ -1,9 +1,13 @@
-"""`instascene eval seg|complete RUN --gt SCENE/gt`: score a run against a generated scene's truth, as JSON.
+"""`instascene eval seg|complete|layout RUN --gt SCENE/gt`: score a run against a generated scene's truth, as JSON.
 
     instascene eval seg RUN --gt SCENE/gt                    3D mIoU on Gaussians, 2D mIoU on views
     instascene eval complete RUN --gt SCENE/gt [--views N --size S]
                                                              per object Chamfer-L1, F-score, volume IoU,
                                                              PSNR known/unknown; completed vs observed
+    instascene eval layout RUN --gt SCENE/gt [--view-stride N]
+                                                             the background with every object moved aside:
+                                                             coverage of the support surface and PSNR from the
+                                                             scene's views; observed vs completed background
 Metric definitions: shared/reference/generation.md §6; code: instascene.eval.
 """
 
@@ -41,6 +45,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     comp.add_argument("--no-render", action="store_true", help="skip the PSNR renders")
     comp.add_argument("--seed", type=int, default=0)
     comp.set_defaults(func=run_complete)
+
+    lay = kinds.add_parser("layout", help="the background with every object moved aside: support-surface "
+                           "coverage and PSNR, observed vs completed")
+    lay.add_argument("run", metavar="RUN", help="run folder (background.ply, optionally background_completed.ply)")
+    lay.add_argument("--gt", required=True, metavar="SCENE/gt", help="the scene's ground-truth folder")
+    lay.add_argument("--device", default="auto", help="auto, cpu or cuda (for rendering)")
+    lay.add_argument("--view-stride", type=int, default=1, metavar="N", help="PSNR on every N-th camera only")
+    lay.add_argument("--spacing", type=float, default=None, metavar="M",
+                     help="coverage grid spacing in metres (default: 2 mm or the support's extent / 400, "
+                     "whichever is larger)")
+    lay.add_argument("--no-render", action="store_true", help="skip the PSNR renders (coverage only)")
+    lay.set_defaults(func=run_layout)
     return parser
 
 
@@ -76,5 +92,18 @@ def run_complete(args) -> int:
         args.run, args.gt, views=args.views, size=args.size, samples=args.samples, resolution=args.resolution,
         splat_points=args.splat_points, render=not args.no_render, instances=args.instances, seed=args.seed, device=args.device,
     )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def run_layout(args) -> int:
+    from ..errors import InstaSceneError
+    from ..eval.layout import evaluate_layout
+
+    _check_positive("view-stride", args.view_stride)
+    if args.spacing is not None and not args.spacing > 0:
+        raise InstaSceneError(f"--spacing must be a positive number of metres, got {args.spacing}")
+    result = evaluate_layout(args.run, args.gt, spacing=args.spacing, render=not args.no_render,
+                             view_stride=args.view_stride, device=args.device)
     print(json.dumps(result, indent=2))
     return 0

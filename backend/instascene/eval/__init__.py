@@ -5,6 +5,8 @@
     segmentation.py  `evaluate_segmentation(run_dir, gt_dir)`: 3D mIoU on Gaussians, 2D mIoU on views
     completion.py    `evaluate_completion(run_dir, gt_dir)`: per-object geometry and PSNR,
                      completed vs the observed baseline
+    layout.py        `evaluate_layout(run_dir, gt_dir)`: the background with every object moved
+                     aside: coverage of the support surface, PSNR from the scene's views
 
 Definitions: shared/reference/generation.md §6. Imports of torch happen inside the
 functions that render, so importing this package stays cheap.

@@ -13,6 +13,9 @@ scenes) plus `gt/`:
                            object whose surfel is in front at each pixel of the image
   gt/meshes/<k>.ply        complete object mesh, world coordinates, watertight
   gt/objects/<k>.ply       all surfels of object k, seen or not (extra property `seen`)
+  gt/background.ply        all table surfels, seen or not (extra property `seen`): the complete
+                           support surface, as it looks with every object moved aside
+  gt/instances.json "support"  that surface: {"kind": "disc", "center": [x, y, z], "radius": r}
 
 Written into a temporary folder and renamed into place at the end: a reader never sees
 half a scene.
@@ -83,7 +86,9 @@ def generate_scene(out: str | os.PathLike, opts: SynthOptions, force: bool = Fal
 
     surfels = [object_surfels(o, P, i, opts.object_spacing, rng) for i, (o, P) in enumerate(zip(objects, poses))]
     table_tex = np.asarray(Image.open(data_path() / "table" / "table.png").convert("RGB"), np.float32) / 255.0
-    surfels.append(table_surfels(center, 1.8 * spread + 0.05, opts.table_spacing, table_tex, rng))
+    table_radius = 1.8 * spread + 0.05
+    surfels.append(table_surfels(center, table_radius, opts.table_spacing, table_tex, rng))
+    support = {"kind": "disc", "center": center.round(6).tolist(), "radius": round(table_radius, 6)}
     S = SurfelSet.concat(surfels)
 
     radius = max(0.3, 2.2 * spread + height)
@@ -117,7 +122,8 @@ def generate_scene(out: str | os.PathLike, opts: SynthOptions, force: bool = Fal
         write_colmap(tmp / "sparse" / "0", cams, binary=True, points=(pts, cols))
         write_cameras_json(tmp / "cameras.json", cams)
         _write_masks(tmp, cams, true_maps, depths, objects, poses, opts.mask_noise, rng)
-        summary = _write_gt(tmp / "gt", objects, poses, meshes, S, seen, gaussian_instances, cams, true_maps)
+        summary = _write_gt(tmp / "gt", objects, poses, meshes, S, seen, gaussian_instances, cams, true_maps,
+                            support)
         with atomic_write(tmp / "synth.json", "w") as f:
             json.dump({"options": asdict(opts), "gaussians": len(splats), **summary}, f, indent=2)
         if out.exists():
@@ -184,7 +190,8 @@ def _write_masks(root: Path, cams, true_maps, depths, objects, poses, noise: flo
         write_label_map(root / "sam" / "mask" / f"{cam.name}.png", labels)
 
 
-def _write_gt(gt: Path, objects, poses, meshes, S: SurfelSet, seen, gaussian_instances, cams, true_maps) -> dict:
+def _write_gt(gt: Path, objects, poses, meshes, S: SurfelSet, seen, gaussian_instances, cams, true_maps,
+              support: dict) -> dict:
     gt.mkdir(parents=True, exist_ok=True)
     with atomic_write(gt / "gaussian_instances.npy") as f:
         np.save(f, gaussian_instances)
@@ -210,6 +217,10 @@ def _write_gt(gt: Path, objects, poses, meshes, S: SurfelSet, seen, gaussian_ins
             "centroid": mesh.centroid.round(6).tolist(),
             "observed_gaussians": int((gaussian_instances == k).sum()),
         })
+    table = S.owner == -1
+    full = S.subset(table).to_splats()
+    full.extra["seen"] = seen[table].astype(np.float32)
+    write_ply(gt / "background.ply", full)
     with atomic_write(gt / "instances.json", "w") as f:
-        json.dump({"objects": records, "background_id": -1}, f, indent=2)
+        json.dump({"objects": records, "background_id": -1, "support": support}, f, indent=2)
     return {"objects": [{"id": r["id"], "name": r["name"], "unseen_fraction": r["unseen_fraction"]} for r in records]}
