@@ -95,9 +95,19 @@ def _completion_table(res: dict) -> list[str]:
     return rows
 
 
+def _layout_line(layout: dict) -> str:
+    """Every object moved aside: how much of the table is there, observed vs completed."""
+    cov, psnr = layout["coverage"], layout["psnr"]
+    fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
+    return (f"- table with every object moved aside: covered {fmt(cov['observed'], '.1%')} as observed -> "
+            f"{fmt(cov.get('completed'), '.1%')} completed; PSNR against the complete table "
+            f"{fmt(psnr.get('observed'), '.2f')} -> {fmt(psnr.get('completed'), '.2f')} dB")
+
+
 def run(args) -> int:
     from ..complete.pipeline import complete_run
     from ..eval.completion import evaluate_completion
+    from ..eval.layout import evaluate_layout
     from ..eval.segmentation import evaluate_segmentation
     from ..io.atomic import atomic_write
     from ..segment.pipeline import segment_scene
@@ -130,6 +140,7 @@ def run(args) -> int:
     comp = evaluate_completion(run_dir, scene / "gt", render=False, splat_points="discs")
     with atomic_write(out / "completion_eval.json", "w") as f:
         json.dump(comp, f, indent=2)
+    layout = evaluate_layout(run_dir, scene / "gt", view_stride=4)
     times["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -154,6 +165,7 @@ def run(args) -> int:
         "per_object_iou_3d": {o["name"]: round(o["iou_3d"], 3) for o in score.get("per_object", [])},
         "completion": {"generator": completion["generator"], "completed": completion["completed"],
                        "observed": s_all["observed"], "completed_splats": s_all["completed"], "mesh": s_all["mesh"]},
+        "layout": {"coverage": layout["coverage"], "psnr": layout["psnr"]},
         "blender": blend,
         "segment_stages_s": summary["timing_s"],
         "time_s": {k: round(v, 1) for k, v in times.items()},
@@ -169,6 +181,7 @@ def run(args) -> int:
         f"- completion ({completion['generator']} generator): {len(completion['completed'])} instances; "
         f"mean F@1% observed {s_all['observed']['fscore']:.3f} -> completed splats {s_all['completed']['fscore']:.3f}, "
         f"mesh {m['fscore']:.3f}; mesh volume IoU {m['volume_iou']:.3f} (observed shell {s_all['observed']['volume_iou']:.3f})",
+        _layout_line(layout),
         "- time per stage (s): " + ", ".join(f"{k} {v}" for k, v in report["time_s"].items()),
         "", *_completion_table(comp), "",
         "![instances](segmentation.png)", "",
@@ -180,6 +193,6 @@ def run(args) -> int:
         lines += [f"Blender step skipped: {blend['skipped']}", ""]
     with atomic_write(out / "report.md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("\n".join(lines[4:8]))
+    print("\n".join(lines[4:9]))
     print(f"wrote {out / 'report.md'}")
     return 0
