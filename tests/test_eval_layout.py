@@ -329,3 +329,15 @@ def test_cli_prints_json_and_fails_cleanly(builtin, tmp_path, capsys):
                                                                                   "half_extent": -1}}))
         np.save(bad / "gaussian_instances.npy", np.zeros(0, np.int32))
         support_of(load_gt(bad))
+
+
+def test_cli_stdout_stays_json_when_pybullet_renders_the_reference(tmp_path):
+    """pybullet prints its build time on stdout at import; a script reading the JSON must not see it."""
+    import subprocess
+    import sys
+
+    gt, run = _practice(tmp_path / "good", images_like_reference=True)
+    r = subprocess.run([sys.executable, "-m", "instascene", "eval", "layout", str(run), "--gt", str(gt),
+                        "--device", "cpu"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["psnr"]["reference"] == "pybullet TinyRenderer"

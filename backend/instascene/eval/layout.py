@@ -295,6 +295,21 @@ class _SplatReference:
         pass
 
 
+def _import_pybullet():
+    """pybullet prints its build time on stdout when first imported; `eval` keeps stdout JSON."""
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        import pybullet
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    return pybullet
+
+
 class _PybulletReference:
     """The practice generator's table slab, rendered with pybullet's TinyRenderer."""
 
@@ -302,8 +317,9 @@ class _PybulletReference:
     void = PYBULLET_VOID
 
     def __init__(self, background: dict, params: dict):
-        import pybullet as p
         import pybullet_data
+
+        p = _import_pybullet()
 
         self.p = p
         obj = Path(pybullet_data.getDataPath()) / str(background["source_obj"])
