@@ -49,7 +49,7 @@ class Stages:
     """Progress per stage: a tqdm bar on the terminal, and an optional callback
     `report(fraction, stage, message)` (the service's, which may raise to cancel)."""
 
-    WEIGHTS = {"rasterize": 0.35, "track": 0.05, "associate": 0.05, "features": 0.5, "write": 0.05}
+    WEIGHTS = {"rasterize": 0.35, "track": 0.05, "associate": 0.05, "features": 0.45, "instances": 0.05, "write": 0.05}
 
     def __init__(self, report=None, quiet: bool = False):
         self.report, self.quiet = report, quiet

@@ -42,6 +42,7 @@ class PropagateParams:
     smoothness: float = 1.0  # λ: neighbours against a Gaussian's own (median-normalised) evidence
     background_prior: float = 1e-3  # in units of a median Gaussian's evidence: decides only where nothing else does
     iterations: int = 200  # upper bound; stops once no label changes for 20 iterations
+    crease: float = 1.0  # weight factor of edges between a Gaussian flat on the table and one that is not
 
 
 def label_evidence(contribs, label_maps, n_labels: int) -> np.ndarray:
@@ -142,5 +143,9 @@ def propagate_labels(evidence: np.ndarray, clamped: np.ndarray, features: np.nda
     """Label per Gaussian: class index from `evidence` [N, C] (0 = background), after
     spreading over the feature-weighted neighbour graph and keeping connected bodies."""
     W = neighbour_graph(means, features, radius, p)
+    if p.crease != 1.0:  # the table is flat: what stands across it at the contact is not table
+        W = W.tocoo()
+        cut = clamped[W.row] != clamped[W.col]
+        W = sp.csr_matrix((np.where(cut, p.crease * W.data, W.data), (W.row, W.col)), shape=W.shape)
     Q = spread(evidence, W, clamped, p)
     return keep_bodies(Q.argmax(1), Q, W, min_gaussians)
