@@ -295,6 +295,16 @@ def test_bad_requests(server, data, tmp_path):
     assert r.status_code == 422 and "'validate'" in r.json()["detail"]
     r = server.client.post("/jobs", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
+    # a lone surrogate is valid JSON but no text: refused, naming the field, no job created, worker alive
+    n_jobs = len(server.client.get("/jobs").json()["jobs"])
+    for body in ({"run": "up/\udcff"}, {"run": "r", "options": {"note": ["ok", "\udcff"]}},
+                 {"run": "r", "options": {"\udcff": 1}}):
+        r = server.client.post("/jobs", content=json.dumps({"kind": "validate", "scene": "small", **body}),
+                               headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "not valid Unicode" in r.json()["detail"], r.text
+    r = server.client.get("/jobs")
+    assert r.status_code == 200 and len(r.json()["jobs"]) == n_jobs
+    assert server.wait(server.submit("validate", "small", "runs/after-surrogate"))["state"] == "done"
     # completion of a folder that segmentation never wrote: a failed job that says why
     job = server.wait(server.submit("complete", None, "runs/never-segmented"))
     assert job["state"] == "failed" and "not a run folder" in job["error"] and "instascene segment" in job["error"]
@@ -537,3 +547,18 @@ def test_registering_a_runner_makes_the_kind_available(tmp_path, monkeypatch):
         assert "[segment] half way" in "\n".join(c.get(f"/jobs/{job_id}/log").json()["lines"])
     assert calls[0][0] == (tmp_path / "data" / "scene").resolve()
     assert calls[0][2] == {}  # server defaults (weights) go to complete/run jobs only
+
+
+def test_a_record_no_answer_could_hold_is_skipped_at_start(tmp_path):
+    """A job record with a lone surrogate (written before requests were checked) would make
+    every GET /jobs answer 500: the store leaves it out, and logs never fail on such text."""
+    from instascene.service.store import JobStore
+
+    store = JobStore(tmp_path)
+    good = store.create("validate", "s", "r", {})
+    bad = store.create("validate", "s", "up/\udcff", {})
+    store.append_log(bad["id"], "run=up/\udcff")  # no UnicodeEncodeError
+    assert "\\udcff" in (tmp_path / "jobs" / f"{bad['id']}.log").read_text()
+    again = JobStore(tmp_path)
+    assert [j["id"] for j in again.list()] == [good["id"]]
+    json.dumps(again.list(), ensure_ascii=False).encode("utf-8")

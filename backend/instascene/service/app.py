@@ -22,7 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
@@ -56,6 +56,28 @@ class JobRequest(BaseModel):
     scene: str | None = Field(None, description="scene folder or PLY: absolute, or relative to the first data root")
     run: str = Field(description="run folder for the results: absolute, or relative to the first data root")
     options: dict[str, Any] = Field(default_factory=dict, description="kind-specific options")
+
+    @model_validator(mode="after")
+    def _unicode(self):
+        unencodable_text(self.model_dump())
+        return self
+
+
+def unencodable_text(value, where: str = "") -> None:
+    """Raise ValueError naming the first string in `value` that is not valid Unicode (JSON
+    may carry a lone surrogate such as "\\udcff", which no file, log or answer can hold)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where or 'a value'} is not valid Unicode text (a lone surrogate)") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            unencodable_text(k, f"{where}.{k!r} (a key)".lstrip(".") if isinstance(k, str) else where)
+            unencodable_text(v, f"{where}.{k}".lstrip("."))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            unencodable_text(v, f"{where}[{i}]")
 
 
 class Job(BaseModel):

@@ -64,6 +64,7 @@ class JobStore:
                 job = json.loads(path.read_text())
                 if not isinstance(job, dict) or job.get("id") != path.stem or job.get("state") not in STATES:
                     raise ValueError("not a job record")
+                json.dumps(job, ensure_ascii=False).encode("utf-8")  # a lone surrogate could not be answered
             except (OSError, ValueError) as e:
                 log.warning("ignoring unreadable job record %s: %s", path, e)
                 continue
@@ -126,7 +127,7 @@ class JobStore:
     def append_log(self, job_id: str, line: str) -> None:
         stamp = now()[11:23]  # HH:MM:SS.mmm
         text = "".join(f"{stamp} {part[:MAX_LOG_LINE]}\n" for part in (str(line).splitlines() or [""]))
-        with self.lock, open(self.dir / f"{job_id}.log", "a", encoding="utf-8") as f:
+        with self.lock, open(self.dir / f"{job_id}.log", "a", encoding="utf-8", errors="backslashreplace") as f:
             f.write(text)
 
     def log_tail(self, job_id: str, lines: int) -> list[str]:

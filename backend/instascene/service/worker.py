@@ -11,6 +11,8 @@ same way and records it (and every queued job) as interrupted.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import queue
 import sys
@@ -120,6 +122,12 @@ class Worker:
                                         message="starting")
             try:
                 self._run(job)
+            except Exception as e:  # the worker outlives any one job, whatever failed
+                print(f"instascene serve: job {job_id} could not be recorded:\n{traceback.format_exc()}",
+                      file=sys.stderr, flush=True)
+                with contextlib.suppress(Exception):
+                    msg = f"internal error ({type(e).__name__}); see the server's log"
+                    self.store.update(job_id, state="failed", message=msg, error=msg, finished=now())
             finally:
                 self.current = None
                 self._cancel.pop(job_id, None)
@@ -141,8 +149,8 @@ class Worker:
                 last.update(stage=stage, message=message)
 
         t0 = time.perf_counter()
-        store.append_log(job_id, f"{job['kind']} started: scene={job['scene']} run={job['run']}")
         try:
+            store.append_log(job_id, f"{job['kind']} started: scene={job['scene']} run={job['run']}")
             runner = jobs.get_runner(job["kind"])
             options = {**self.defaults, **job["options"]} if job["kind"] in ("complete", "run") else job["options"]
             scene = Path(job["scene"]) if job["scene"] else None
