@@ -501,6 +501,7 @@ def test_token_file_discovery(tmp_path, monkeypatch):
     assert service.read_token() is None
     (tmp_path / "instascene").mkdir()
     (tmp_path / "instascene" / "token").write_text("abc\n")
+    (tmp_path / "instascene" / "token").chmod(0o600)  # as `instascene serve` writes it
     assert service.read_token() == "abc"
 
 

@@ -42,6 +42,10 @@ def read_token(path: str | None = None) -> str | None:
     path = os.path.expanduser(path) if path else default_token_file()
     try:
         with open(path, encoding="utf-8") as f:
+            if os.name == "posix" and os.fstat(f.fileno()).st_mode & 0o077:
+                mode = oct(os.fstat(f.fileno()).st_mode & 0o777)
+                raise ServiceError(f"the token file {path} can be read by other users (mode {mode}); "
+                                   f"make it yours alone: chmod 600 {path}")
             token = f.read().strip()
     except FileNotFoundError:
         return None
@@ -51,8 +55,24 @@ def read_token(path: str | None = None) -> str | None:
 
 
 def is_loopback(url: str) -> bool:
-    host = (urllib.parse.urlsplit(url).hostname or "").lower()
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    """Is the URL's host this machine's loopback: localhost, 127.0.0.0/8 or ::1 (as
+    addresses, not as name prefixes: 127.evil.example is somebody else's)."""
+    import ipaddress
+
+    host = (urllib.parse.urlsplit(url).hostname or "").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: following one would carry the token to wherever it points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
 
 
 class Client:
@@ -63,7 +83,7 @@ class Client:
         self.url, self.token, self.timeout = url, token, timeout
         # no proxies for a loopback backend (a system proxy would swallow 127.0.0.1)
         handlers = [urllib.request.ProxyHandler({})] if is_loopback(url) else []
-        self._opener = urllib.request.build_opener(*handlers)
+        self._opener = urllib.request.build_opener(_NoRedirects(), *handlers)
 
     def request(self, method: str, path: str, body: dict | None = None, auth: bool = True,
                 timeout: float | None = None) -> dict:
@@ -73,6 +93,9 @@ class Client:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         if auth and self.token:
+            if self.url.startswith("http://") and not is_loopback(self.url):
+                raise ServiceError(f"will not send the backend token in clear text to {self.url}: use https:// "
+                                   "for a backend on another machine, or 127.0.0.1 for this one")
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with self._opener.open(req, timeout=timeout or self.timeout) as resp:
