@@ -305,6 +305,15 @@ def test_bad_requests(server, data, tmp_path):
     r = server.client.get("/jobs")
     assert r.status_code == 200 and len(r.json()["jobs"]) == n_jobs
     assert server.wait(server.submit("validate", "small", "runs/after-surrogate"))["state"] == "done"
+    # a model folder is loaded only from inside the data roots; outside, existing or not, says nothing more
+    for kind in ("segment", "complete"):
+        for weights, code, words in (("/etc", 403, "outside the data roots"), ("/no/such", 403, "outside the data roots"),
+                                     ("nowhere", 404, "no such folder"), (5, 422, "folder path")):
+            r = server.client.post("/jobs", json={"kind": kind, "scene": "small", "run": "runs/w",
+                                                  "options": {"weights": weights}})
+            assert r.status_code == code and words in r.json()["detail"], (kind, weights, r.text)
+            assert "config.json" not in r.text
+    assert len(server.client.get("/jobs").json()["jobs"]) == n_jobs + 1
     # completion of a folder that segmentation never wrote: a failed job that says why
     job = server.wait(server.submit("complete", None, "runs/never-segmented"))
     assert job["state"] == "failed" and "not a run folder" in job["error"] and "instascene segment" in job["error"]

@@ -49,6 +49,8 @@ class ServiceConfig:
 
 # ---------------------------------------------------------------------- schema
 
+MODEL_FOLDER_OPTIONS = ("weights", "sam_weights")  # job options naming a folder a model is loaded from
+
 
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -226,7 +228,16 @@ def create_app(config: ServiceConfig) -> FastAPI:
             raise HTTPException(400, f"run folder {req.run!r} exists and is not a folder")
         if run in roots.roots:
             raise HTTPException(400, "the run folder may not be a data root itself; name a folder inside it")
-        job = store.create(req.kind, str(scene) if scene else None, str(run), req.options)
+        options = dict(req.options)
+        for key in MODEL_FOLDER_OPTIONS:  # a model is loaded only from inside the data roots
+            if options.get(key) is not None:
+                if not isinstance(options[key], str):
+                    raise HTTPException(422, f"invalid request: options.{key}: a folder path (text) is expected")
+                folder = roots.resolve(options[key], f"options.{key}")
+                if not folder.is_dir():
+                    raise HTTPException(404, f"options.{key}: no such folder inside the data roots: {options[key]}")
+                options[key] = str(folder)
+        job = store.create(req.kind, str(scene) if scene else None, str(run), options)
         worker.submit(job["id"])
         return job
 
