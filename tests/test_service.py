@@ -571,3 +571,28 @@ def test_a_record_no_answer_could_hold_is_skipped_at_start(tmp_path):
     again = JobStore(tmp_path)
     assert [j["id"] for j in again.list()] == [good["id"]]
     json.dumps(again.list(), ensure_ascii=False).encode("utf-8")
+
+
+def test_names_the_file_system_refuses_are_4xx_not_500(server, data):
+    """Overlong names, a symbolic link loop, a name that is not UTF-8 (issue 20, item 4)."""
+    long = "a" * 300
+    for r in (server.client.get(f"/files/{long}"), server.client.put(f"/files/{long}", content=b"x"),
+              server.client.post("/jobs", json={"kind": "validate", "scene": long, "run": "runs/long"}),
+              server.client.post("/jobs", json={"kind": "validate", "scene": "small", "run": f"runs/{long}"})):
+        assert r.status_code == 400 and "longer than 255 bytes" in r.json()["detail"], r.text
+    loops = data / "loops"
+    loops.mkdir(exist_ok=True)
+    for a, b in (("x", "y"), ("y", "x")):
+        if not (loops / a).is_symlink():
+            (loops / a).symlink_to(loops / b)
+    r = server.client.get("/files/loops/x")
+    assert r.status_code == 400 and "symbolic link loop" in r.json()["detail"], r.text
+    odd = data / "odd"
+    odd.mkdir(exist_ok=True)
+    fd = os.open(os.fsencode(odd) + b"/caf\xe9.ply", os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    (odd / "fine.ply").write_bytes(b"x")
+    r = server.client.get("/files/odd")
+    assert r.status_code == 200 and [e["name"] for e in r.json()["entries"]] == ["fine.ply"]
+    r = server.client.get("/files/loops")
+    assert r.status_code == 200

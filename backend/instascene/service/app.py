@@ -292,8 +292,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if real.is_dir():
             entries = []
             for p in sorted(real.iterdir()):
-                if _is_temporary(p) or not roots.contains(p.resolve()):
-                    continue
+                try:
+                    p.name.encode("utf-8")
+                    if _is_temporary(p) or not roots.contains(p.resolve()):
+                        continue
+                except (UnicodeEncodeError, OSError, RuntimeError):
+                    continue  # a name no JSON answer can carry, a link loop: not listed
                 entries.append({"name": p.name, "type": "folder" if p.is_dir() else "file",
                                 "size": p.stat().st_size if p.is_file() else None})
             return {"path": str(real), "entries": entries}

@@ -14,6 +14,7 @@ Framework-free (plain ASGI) so it can be tested and reasoned about on its own.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -80,6 +81,9 @@ class PathRejected(Exception):
         self.status = status
 
 
+NAME_MAX = 255  # bytes per file name on every file system the service runs on
+
+
 class DataRoots:
     """The folders the service may read and write. A request path is absolute, or
     relative to the first root; either way it must resolve to a place inside a root."""
@@ -109,9 +113,22 @@ class DataRoots:
         p = Path(raw)
         if ".." in p.parts:
             raise PathRejected(403, f"{what} {raw!r} contains '..'; name paths inside the data roots directly")
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PathRejected(400, f"{what} is not valid Unicode text") from None
+        long = [part for part in p.parts if len(part.encode("utf-8")) > NAME_MAX]
+        if long:
+            raise PathRejected(400, f"{what}: the name {long[0][:40]!r}… is longer than {NAME_MAX} bytes")
         if not p.is_absolute():
             p = self.roots[0] / p
-        real = p.resolve()
+        try:
+            real = p.resolve()
+            real.exists()  # what every caller asks next: fails here on a loop or an overlong path
+        except (OSError, RuntimeError) as e:
+            why = "a symbolic link loop" if isinstance(e, RuntimeError) or getattr(e, "errno", None) == errno.ELOOP \
+                else (e.strerror or str(e))
+            raise PathRejected(400, f"{what} {raw!r} cannot be used: {why}") from None
         if self.contains(real):
             return real
         via = f" (it resolves to {real} through a symbolic link)" if real != Path(os.path.abspath(p)) else ""
