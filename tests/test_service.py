@@ -209,8 +209,9 @@ def test_render_lifecycle(server, data):
     listing = server.client.get("/files/runs/render/renders").json()
     assert [e["name"] for e in listing["entries"]] == [p.name for p in pngs]
 
-    bad = server.wait(server.submit("render", "small", "runs/render-bad", scale=-1))
-    assert bad["state"] == "failed" and "'scale' must be a number" in bad["error"]
+    r = server.client.post("/jobs", json={"kind": "render", "scene": "small", "run": "runs/render-bad",
+                                          "options": {"scale": -1}})  # refused before any job exists
+    assert r.status_code == 422 and "'scale' must be a number" in r.json()["detail"]
 
 
 def test_cancel_running_render(server, data):
@@ -313,6 +314,27 @@ def test_bad_requests(server, data, tmp_path):
                                                   "options": {"weights": weights}})
             assert r.status_code == code and words in r.json()["detail"], (kind, weights, r.text)
             assert "config.json" not in r.text
+    # options are checked before a job exists: 422 naming the option (issue 20, item 5)
+    for kind, options, words in (("segment", {"iterations": "many"}, "'iterations' must be a whole number"),
+                                 ("segment", {"iterations": -5}, "'iterations' must be between"),
+                                 ("segment", {"iterations": 2.5}, "whole number"),
+                                 ("segment", {"criterion": "bogus"}, "'criterion' must be one of"),
+                                 ("segment", {"threshold": 0.5}, "'threshold' is not a segmentation option"),
+                                 ("segment", {"device": "tpu"}, "'device' must be one of auto, cpu, cuda"),
+                                 ("complete", {"finetune_iterations": True}, "whole number"),
+                                 ("complete", {"instances": "all"}, "'instances' must be a non-empty list"),
+                                 ("complete", {"generator": "magic"}, "'generator' must be one of"),
+                                 ("run", {"min_gaussians": 0}, "'min_gaussians' must be between"),
+                                 ("render", {"scale": 9}, "'scale' must be a number"),
+                                 ("validate", {"x": 1}, "unknown validate option")):
+        body = {"kind": kind, "scene": "small", "run": "runs/opt", "options": options}
+        r = server.client.post("/jobs", json=body)
+        assert r.status_code == 422 and words in r.json()["detail"], (kind, options, r.text)
+    r = server.client.post("/jobs", content=b'{"kind": "segment", "scene": "small", "run": "r", '
+                                            b'"options": {"iterations": NaN}}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "whole number" in r.json()["detail"], r.text
+    r = post(scene="small", run="a_file/sub")
+    assert r.status_code == 400 and "a_file is a file" in r.json()["detail"]
     assert len(server.client.get("/jobs").json()["jobs"]) == n_jobs + 1
     # completion of a folder that segmentation never wrote: a failed job that says why
     job = server.wait(server.submit("complete", None, "runs/never-segmented"))

@@ -21,34 +21,13 @@ def add_options(p) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
-def params_from(options: dict):
-    """CompleteParams from CLI / service options (unknown keys are an error)."""
-    from ..complete.pipeline import CompleteParams
-    from ..errors import InstaSceneError
-
-    p = CompleteParams()
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key == "finetune_iterations":
-            p.finetune.iterations = int(value)
-        elif key == "resolution":
-            p.shape.resolution = int(value)
-        elif key == "diffusion_steps":
-            p.diffusion_steps = int(value)
-        elif key == "mesh_resolution":
-            p.mesh.resolution = int(value)
-        else:
-            raise InstaSceneError(f"unknown completion option {key!r}")
-    return p
-
-
 def run(args) -> int:
     import json
 
     from ..complete.pipeline import complete_run
+    from ..options import complete_params
 
-    params = params_from({"finetune_iterations": args.finetune_iterations})
+    params = complete_params({"finetune_iterations": args.finetune_iterations})
     summary = complete_run(args.run, args.instances, args.generator, args.weights, params, device=args.device)
     print(json.dumps(summary, indent=2))
     return 0

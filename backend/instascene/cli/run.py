@@ -20,12 +20,11 @@ def run(args) -> int:
 
     from ..complete.pipeline import complete_run
     from ..segment.pipeline import segment_scene
-    from .complete import params_from
-    from .segment import params_from as segment_params
+    from ..options import complete_params, segment_params
 
     seg = segment_scene(args.scene, args.out, segment_params({"iterations": args.iterations}), device=args.device,
                         weights=args.sam_weights)
     comp = complete_run(args.out, args.instances, args.generator, args.weights,
-                        params_from({"finetune_iterations": args.finetune_iterations}), device=args.device)
+                        complete_params({"finetune_iterations": args.finetune_iterations}), device=args.device)
     print(json.dumps({"segment": seg, "complete": comp}, indent=2))
     return 0

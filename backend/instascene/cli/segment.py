@@ -16,32 +16,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def params_from(options: dict):
-    """SegmentParams from CLI / service options (unknown keys are an error)."""
-    from ..errors import InstaSceneError
-    from ..segment.pipeline import SegmentParams
-
-    p = SegmentParams()
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key == "iterations":
-            p.features.iterations = int(value)
-        elif key == "criterion":
-            p.criterion = str(value)
-        elif key == "min_gaussians":
-            p.min_gaussians = int(value)
-        else:
-            raise InstaSceneError(f"unknown segmentation option {key!r}")
-    return p
-
-
 def run(args) -> int:
     import json
 
+    from ..options import segment_params
     from ..segment.pipeline import segment_scene
 
-    params = params_from({"iterations": args.iterations, "criterion": args.criterion})
+    params = segment_params({"iterations": args.iterations, "criterion": args.criterion})
     summary = segment_scene(args.scene, args.out, params, device=args.device, weights=args.weights)
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,14 +1,13 @@
-"""The service's "segment" job: `run(scene, run, options, progress)` (service/jobs.py)."""
+"""The service's "segment" job: `run(scene, run, options, progress)` (service/jobs.py);
+options checked by instascene.options (the service checks them before queueing)."""
 
 from __future__ import annotations
 
 
 def run(scene, run, options, progress):
-    from ..cli.segment import params_from
+    from ..options import split
     from .pipeline import segment_scene
 
-    options = dict(options or {})
-    device = options.pop("device", "auto")
-    weights = options.pop("weights", None)
-    return segment_scene(scene, run, params_from(options), device=device, report=progress, quiet=True,
-                         weights=weights)
+    o = split("segment", options)
+    return segment_scene(scene, run, o["segment"], device=o["device"], report=progress, quiet=True,
+                         weights=o["weights"])

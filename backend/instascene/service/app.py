@@ -226,8 +226,15 @@ def create_app(config: ServiceConfig) -> FastAPI:
         run = roots.resolve(req.run, "run folder")
         if run.exists() and not run.is_dir():
             raise HTTPException(400, f"run folder {req.run!r} exists and is not a folder")
+        blocking = next((p for p in run.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise HTTPException(400, f"run folder {req.run!r} cannot be made: {blocking.name} is a file, not a folder")
         if run in roots.roots:
             raise HTTPException(400, "the run folder may not be a data root itself; name a folder inside it")
+        try:
+            jobs.check_options(req.kind, req.options)
+        except InstaSceneError as e:
+            raise HTTPException(422, f"invalid request: {e}") from None
         options = dict(req.options)
         for key in MODEL_FOLDER_OPTIONS:  # a model is loaded only from inside the data roots
             if options.get(key) is not None:

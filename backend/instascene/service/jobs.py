@@ -79,3 +79,18 @@ def get_runner(kind: str) -> Runner:
         runner = getattr(importlib.import_module(module), name)
         RUNNERS[kind] = runner
     return runner
+
+
+def check_options(kind: str, options: dict) -> None:
+    """Raise InstaSceneError (options.OptionError naming the option) when a job of `kind`
+    could not run with `options`: checked before the job is queued, so a mistake is an
+    answer, not a failed job."""
+    from ..options import split
+    from .runners import check_render_options, check_validate_options
+
+    if kind in ("segment", "complete", "run"):
+        split(kind, options)
+    elif kind == "render":
+        check_render_options(options)
+    elif kind == "validate":
+        check_validate_options(options)

@@ -37,7 +37,7 @@ def validate(scene: Path, run: Path, options: dict, progress) -> dict:
     """RUN/scene_summary.json: layout, counts (Gaussians, cameras, images, masks), bounds."""
     from ..cli.info import summarize  # the same summary `instascene info --json` prints
 
-    _check_options("validate", options, ())
+    check_validate_options(options)
     progress(0.0, "load", f"loading {scene}")
     loaded = load_scene(scene)
     progress(0.7, "summarize", "summarising the scene")
@@ -70,13 +70,27 @@ def _background(value) -> list[float]:
 def _device(value) -> str:
     import torch
 
-    if value not in ("auto", "cpu", "cuda"):
-        raise InstaSceneError(f"render option 'device' must be 'auto', 'cpu' or 'cuda', not {value!r}")
-    if value == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if value == "cuda" and not torch.cuda.is_available():
-        raise InstaSceneError("render option device='cuda' was asked for, but CUDA is not available on this backend")
-    return value
+    from ..options import device
+
+    value = device(value)
+    return ("cuda" if torch.cuda.is_available() else "cpu") if value == "auto" else value
+
+
+def check_validate_options(options: dict) -> None:
+    _check_options("validate", options, ())
+
+
+def check_render_options(options: dict) -> dict:
+    """The render options, checked: device, background, scale, cameras (names)."""
+    _check_options("render", options, ("device", "background", "scale", "cameras"))
+    scale = options.get("scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 4:
+        raise InstaSceneError(f"render option 'scale' must be a number in (0, 4], not {scale!r}")
+    wanted = options.get("cameras")
+    if wanted is not None and (not isinstance(wanted, list) or not all(isinstance(n, str) for n in wanted)):
+        raise InstaSceneError("render option 'cameras' must be a list of camera names")
+    return {"device": _device(options.get("device", "auto")), "background": _background(options.get("background", "black")),
+            "scale": scale, "cameras": wanted}
 
 
 def _file_stem(name: str) -> str:
@@ -91,26 +105,18 @@ def render(scene: Path, run: Path, options: dict, progress) -> dict:
     Options: device ('auto'|'cpu'|'cuda'), background ('black'|'white'|[r,g,b]),
     scale (resolution factor, 0 < scale <= 4), cameras (a list of camera names).
     """
-    _check_options("render", options, ("device", "background", "scale", "cameras"))
+    o = check_render_options(options)
     import torch
     from PIL import Image
 
     from ..render import Gaussians, View, rasterize
 
-    device = _device(options.get("device", "auto"))
-    background = _background(options.get("background", "black"))
-    scale = options.get("scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 4:
-        raise InstaSceneError(f"render option 'scale' must be a number in (0, 4], not {scale!r}")
-
+    device, background, scale, wanted = o["device"], o["background"], o["scale"], o["cameras"]
     progress(0.0, "load", f"loading {scene}")
     loaded = load_scene(scene)
     splats = loaded.require_splats()
     cameras = loaded.require_cameras()
-    wanted = options.get("cameras")
     if wanted is not None:
-        if not isinstance(wanted, list) or not all(isinstance(n, str) for n in wanted):
-            raise InstaSceneError("render option 'cameras' must be a list of camera names")
         cameras = [loaded.camera(name) for name in wanted]
 
     g = Gaussians.from_splats(splats, device=device)
