@@ -311,3 +311,31 @@ def test_complete_cli_errors_are_one_line(scene_and_run, tmp_path):
     assert r.returncode == 2 and "--weights DIR" in r.stderr and "Traceback" not in r.stderr
     r = cli("complete", run, "--generator", "diffusion", "--weights", tmp_path / "missing")
     assert r.returncode == 2 and str(tmp_path / "missing") in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_damaged_run_folder_is_a_clear_error(scene_and_run, tmp_path):
+    """A truncated labels.npy, an "instances" that is no list, a NaN centroid: one line each,
+    before any work, and nothing written (issue 20, item 6)."""
+    import shutil
+
+    _, run = scene_and_run
+    cases = {
+        "labels": lambda r: (r / "labels.npy").write_bytes((r / "labels.npy").read_bytes()[:100]),
+        "oops": lambda r: (r / "instances.json").write_text(json.dumps({"instances": "oops"})),
+        "nan": lambda r: (r / "instances.json").write_text(json.dumps(nan_centroid(r / "instances.json"))),
+    }
+
+    def nan_centroid(path):
+        doc = json.loads(path.read_text())
+        doc["instances"][0]["centroid"] = [float("nan"), 0.0, 0.0]  # json writes NaN, which is no JSON
+        return doc
+
+    for name, damage in cases.items():
+        bad = tmp_path / name
+        shutil.copytree(run, bad, ignore=shutil.ignore_patterns("*.ply", "background_completed.ply"))
+        damage(bad)
+        before = sorted(p.name for p in bad.rglob("*"))
+        r = cli("complete", bad)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (name, r.stderr)
+        assert {"labels": "labels.npy", "oops": '"instances" list', "nan": "finite"}[name] in r.stderr, r.stderr
+        assert sorted(p.name for p in bad.rglob("*")) == before

@@ -94,6 +94,9 @@ def segmented(tmp_path_factory):
     generate_scene(scene, SynthOptions(seed=11, objects=3, views=16, width=160, height=120, mask_noise=0.3))
     params = SegmentParams()
     params.features.iterations = 150
+    stale = root / "run" / "instances" / "99"  # an earlier run that found more instances
+    stale.mkdir(parents=True)
+    (stale / "observed.ply").write_bytes(b"old")
     summary = segment_scene(scene, root / "run", params, quiet=True)
     return scene, root / "run", summary
 
@@ -112,6 +115,9 @@ def test_run_folder_follows_the_contract(segmented):
         assert len(observed) == inst["gaussians"] == int((labels == inst["id"]).sum())
         assert np.allclose(observed.means.mean(0), inst["centroid"], atol=1e-4)
     assert len(read_ply(run / "background.ply")) == int((labels < 0).sum())
+    # the run replaced the earlier one whole: none of its instances is left, nothing temporary beside it
+    assert sorted(p.name for p in (run / "instances").iterdir()) == sorted(str(i["id"]) for i in doc["instances"])
+    assert [p.name for p in run.parent.iterdir() if p.name.startswith(".")] == []
     assert set(summary["timing_s"]) >= {"rasterize", "track", "associate", "features", "instances", "write"}
 
 
@@ -138,6 +144,16 @@ def test_segment_cli_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "instascene", "segment", str(tmp_path / "nope"), "--out",
                         str(tmp_path / "r"), "--weights", str(tmp_path / "w")], capture_output=True, text=True)
     assert r.returncode == 2 and "error" in r.stderr and "Traceback" not in r.stderr
+    # an output that cannot become a folder is refused before any work (no scene is even read)
+    (tmp_path / "file").write_text("x")
+    for out, words in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "sub", "is a file"),
+                       (tmp_path / ("o" * 300), "longer than 255 bytes")):
+        r = subprocess.run([sys.executable, "-m", "instascene", "segment", str(tmp_path / "nope"), "--out", str(out)],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "instascene", "info", str(tmp_path / ("i" * 300))],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
 
 
 def _surface_scene(rng):

@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     except InstaSceneError as e:
         print(f"instascene {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system refused a path the user gave: name too long, no access, disk full
+        if e.errno is None:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"instascene {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

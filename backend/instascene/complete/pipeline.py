@@ -100,10 +100,33 @@ def load_run(run_dir) -> tuple[Path, dict, np.ndarray]:
         doc = json.loads(meta.read_text())
     except json.JSONDecodeError as e:
         raise InstaSceneError(f"instances.json is not valid JSON: {e}", meta) from None
+    _check_records(doc, meta)
     labels_path = run / "labels.npy"
     if not labels_path.is_file():
         raise InstaSceneError("labels.npy missing from the run folder", run)
-    return run, doc, load_array(labels_path, "labels")
+    labels = load_array(labels_path, "labels")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise InstaSceneError(f"labels.npy must hold one integer per Gaussian, not {labels.dtype} {labels.shape}",
+                              labels_path)
+    return run, doc, labels
+
+
+def _check_records(doc, meta: Path) -> None:
+    """instances.json as segmentation writes it: an object whose "instances" is a list of
+    records with an integer id and, where present, finite centroid and box."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("instances", []), list):
+        raise InstaSceneError('instances.json must be an object with an "instances" list', meta)
+    for r in doc.get("instances", []):
+        if not isinstance(r, dict) or isinstance(r.get("id"), bool) or not isinstance(r.get("id"), int):
+            raise InstaSceneError(f"instances.json: every instance needs an integer \"id\", got {r!r:.60}", meta)
+        for key in ("centroid", "bbox_min", "bbox_max"):
+            v = r.get(key)
+            if v is not None and not (isinstance(v, list) and len(v) == 3 and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)):
+                raise InstaSceneError(f"instances.json: instance {r['id']} has a {key} that is not three "
+                                      f"finite numbers: {v!r:.60}", meta)
+        if not isinstance(r.get("gaussians", 0), int):
+            raise InstaSceneError(f"instances.json: instance {r['id']} has a non-integer \"gaussians\"", meta)
 
 
 def load_array(path: Path, what: str) -> np.ndarray:
@@ -134,7 +157,7 @@ def complete_run(run_dir, instances=None, generator: str = "auto", weights: str 
     if unknown:
         raise InstaSceneError(f"no instance {', '.join(map(str, unknown))} in this run "
                               f"(instances: {', '.join(map(str, sorted(records))) or 'none'})", run / "instances.json")
-    chosen = [i for i in chosen if records[i]["gaussians"] >= p.min_gaussians or instances]
+    chosen = [i for i in chosen if records[i].get("gaussians", 0) >= p.min_gaussians or instances]
     prog = Progress(report, quiet, len(chosen) + 1)
     t0 = time.perf_counter()
     labels, shed = guard_labels(labels, splats.means.astype(np.float64), p.guard)
@@ -193,7 +216,7 @@ def complete_scene_background(scene, splats, labels, ev: SceneEvidence, plane, r
 
 def _write_json(path: Path, data) -> None:
     with atomic_write(path, "w") as f:
-        json.dump(data, f, indent=2)
+        json.dump(data, f, indent=2, allow_nan=False)
 
 
 def _up_vector(plane, cams) -> np.ndarray:

@@ -34,3 +34,45 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Fail now, before any computation, when `path` could not become a folder: a file is
+    there or above it, or a name is longer than the file system allows."""
+    from ..errors import InstaSceneError
+
+    path = Path(path)
+    long = [p for p in path.parts if len(os.fsencode(p)) > 255]
+    if long:
+        raise InstaSceneError(f"{what}: the name {long[0][:40]!r}… is longer than 255 bytes")
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise InstaSceneError(f"{what} cannot be made: {p} is a file, not a folder", path)
+    return path
+
+
+@contextlib.contextmanager
+def replace_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a folder beside `path` (the yielded temporary one), then swap it in whole:
+    a reader, or a crash, sees the old folder or the new one, never a mix (a re-run that
+    finds fewer instances leaves none of the old ones behind)."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir()
+        yield tmp
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InstaSceneError
-from ..io.atomic import atomic_write
+from ..io.atomic import atomic_write, check_output_folder, replace_folder
 from ..io.ply import write_ply
 from ..io.scene import load_scene
 from .consensus import ConsensusParams, cluster_masks, view_consensus
@@ -85,7 +85,7 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     params = params or SegmentParams()
     from ..render import ContributionCache, Gaussians, View, contributions
 
-    run = Path(run_dir)
+    run = check_output_folder(run_dir, "run folder")
     scene = load_scene(scene_path)
     splats = scene.require_splats()
     cams = scene.require_cameras()
@@ -232,9 +232,15 @@ def _write_json(path: Path, data) -> None:
         json.dump(data, f, indent=2)
 
 
-def write_run(run: Path, scene, splats, labels: np.ndarray, features: np.ndarray, params, tracks, coarse, is_bg) -> dict:
-    """labels.npy, features.npy, instances.json, instances/<id>/observed.ply, background.ply."""
-    run.mkdir(parents=True, exist_ok=True)
+def write_run(target: Path, scene, splats, labels: np.ndarray, features: np.ndarray, params, tracks, coarse,
+              is_bg) -> dict:
+    """labels.npy, features.npy, instances.json, instances/<id>/observed.ply, background.ply;
+    built beside `target` and swapped in whole (an earlier run there is replaced, not mixed)."""
+    with replace_folder(target) as run:
+        return _write_run(run, scene, splats, labels, features, params, tracks, coarse, is_bg)
+
+
+def _write_run(run: Path, scene, splats, labels, features, params, tracks, coarse, is_bg) -> dict:
     with atomic_write(run / "labels.npy") as f:
         np.save(f, labels.astype(np.int32))
     with atomic_write(run / "features.npy") as f:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InstaSceneError
-from ..io.atomic import atomic_write
+from ..io.atomic import atomic_write, replace_folder
 from ..io.cameras_json import write_cameras_json
 from ..io.colmap import write_colmap
 from ..io.masks import write_label_map
@@ -110,11 +109,7 @@ def generate_scene(out: str | os.PathLike, opts: SynthOptions, force: bool = Fal
     splats = visible.to_splats()
     gaussian_instances = visible.owner.astype(np.int32)
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        tmp.mkdir(parents=True)
+    with replace_folder(out) as tmp:
         write_ply(tmp / "point_cloud.ply", splats)
         true_maps, depths = _write_views(tmp, cams, splats, gaussian_instances)
         pts = visible.means[:: max(1, len(visible) // 5000)]
@@ -126,16 +121,6 @@ def generate_scene(out: str | os.PathLike, opts: SynthOptions, force: bool = Fal
                             support)
         with atomic_write(tmp / "synth.json", "w") as f:
             json.dump({"options": asdict(opts), "gaussians": len(splats), **summary}, f, indent=2)
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"gaussians": len(splats), "cameras": len(cams), **summary}
 
 
