@@ -618,3 +618,17 @@ def test_names_the_file_system_refuses_are_4xx_not_500(server, data):
     assert r.status_code == 200 and [e["name"] for e in r.json()["entries"]] == ["fine.ply"]
     r = server.client.get("/files/loops")
     assert r.status_code == 200
+
+
+def test_upload_names_kept_for_half_written_files_are_refused(server):
+    r = server.client.put("/files/uploads/.scene.ply.tmp", content=b"x")
+    assert r.status_code == 400 and "kept for files being written" in r.json()["detail"]
+
+
+def test_only_this_servers_host_names_are_answered(server):
+    """DNS rebinding: a page at evil.example re-pointed to 127.0.0.1 sends Host: evil.example."""
+    for host in ("evil.example", "evil.example:8765", "127.0.0.1.evil.example"):
+        r = server.client.get("/health", headers={"Host": host})
+        assert r.status_code == 421, host
+    for host in ("127.0.0.1", server.url.removeprefix("http://"), "localhost:1", "[::1]:80"):
+        assert server.client.get("/health", headers={"Host": host}).status_code == 200, host

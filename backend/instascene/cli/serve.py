@@ -86,6 +86,7 @@ def run(args) -> int:
         max_upload=parse_size(args.max_upload),
         weights=Path(weights).expanduser() if weights else None,
         weights_source=source if weights else None,
+        hosts=("127.0.0.1", "localhost", "::1", args.host),
     )
     app = create_app(config)
     sock = _listen(args.host, args.port)

@@ -76,6 +76,7 @@ def train_features(cache, labels_2d, labels_consistent, gaussian_labels: np.ndar
     glab = torch.from_numpy(gaussian_labels).long()
     vis_labelled = [torch.from_numpy(v[gaussian_labels[v] >= 0]).long() for v in visible_per_view]
     usable = [i for i in range(V) if flat2d[i] is not None]
+    shown = None
     for it in range(p.iterations):
         i = usable[int(torch.randint(0, len(usable), (1,), generator=gen))]
         unit = F.normalize(feats, dim=1)
@@ -109,6 +110,8 @@ def train_features(cache, labels_2d, labels_consistent, gaussian_labels: np.ndar
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if progress and (it + 1) % 50 == 0:
-            progress(it + 1, p.iterations, float(loss.detach()))
+        if progress and ((it + 1) % 5 == 0 or it + 1 == p.iterations):  # also where a cancel is noticed
+            if (it + 1) % 50 == 0 or shown is None:  # the loss shown (and logged) changes every 50 steps
+                shown = float(loss.detach())
+            progress(it + 1, p.iterations, shown)
     return F.normalize(feats.detach(), dim=1)

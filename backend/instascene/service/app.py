@@ -45,6 +45,7 @@ class ServiceConfig:
     max_upload: int = 16 << 30
     weights: Path | None = None
     weights_source: str | None = None  # "--weights" or "INSTASCENE_WEIGHTS"
+    hosts: tuple[str, ...] | None = None  # Host header names answered (None: any, for in-process tests)
 
 
 # ---------------------------------------------------------------------- schema
@@ -317,6 +318,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         """Stream the request body into a file inside a data root. It appears whole or not
         at all (temporary name, then rename); larger than the upload limit answers 413."""
         real = roots.resolve(path)
+        if _is_temporary(real):
+            raise HTTPException(400, f"{real.name!r}: names like .<name>.tmp are kept for files being written "
+                                     "(they are never listed or served); choose another name")
         if real in roots.roots or real.is_dir():
             raise HTTPException(409, f"{path!r} is a folder; name a file")
         blocking = next((p for p in real.parents if p.exists() and not p.is_dir()), None)
@@ -351,7 +355,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi
-    app.add_middleware(Guard, token=config.token, upload_limit=config.max_upload)
+    app.add_middleware(Guard, token=config.token, upload_limit=config.max_upload, hosts=config.hosts)
     return app
 
 

@@ -161,11 +161,22 @@ class Guard:
     read here up to `json_limit` when their length is not declared.
     """
 
-    def __init__(self, app, token: str, upload_limit: int, json_limit: int = JSON_BODY_LIMIT):
+    def __init__(self, app, token: str, upload_limit: int, json_limit: int = JSON_BODY_LIMIT,
+                 hosts: tuple[str, ...] | None = None):
         self.app = app
         self.token = token.encode()
         self.upload_limit = upload_limit
         self.json_limit = json_limit
+        self.hosts = None if hosts is None else {h.lower().strip("[]") for h in hosts}
+
+    def host_allowed(self, headers: dict[bytes, bytes]) -> bool:
+        """The Host header names this server (loopback or its --host), so that a web page
+        whose name was re-pointed at 127.0.0.1 (DNS rebinding) gets no answer at all."""
+        if self.hosts is None:
+            return True
+        raw = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        host = raw[1:raw.index("]")] if raw.startswith("[") and "]" in raw else raw.rsplit(":", 1)[0] if raw.count(":") == 1 else raw
+        return host in self.hosts
 
     def authorized(self, headers: dict[bytes, bytes]) -> str | None:
         """None when the request carries the right token, else why not."""
@@ -183,6 +194,9 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        if not self.host_allowed(headers):
+            return await _send_json(send, 421, "this server answers only to its own host names "
+                                    "(127.0.0.1, localhost, [::1] or its --host)")
         if scope["path"] not in OPEN_PATHS:
             why = self.authorized(headers)
             if why is not None:
