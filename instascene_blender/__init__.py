@@ -22,9 +22,29 @@ def _classes():
     return (*preferences.CLASSES, *properties.CLASSES, *operators.CLASSES, *panel.CLASSES)
 
 
+_REGISTERED_MISSING = False
+
+
+def _numpy_available() -> bool:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def register():
     import bpy
 
+    global _REGISTERED_MISSING
+    if not _numpy_available():  # say why in the panel and the preferences, not with a bare ImportError
+        from . import missing
+
+        for cls in missing.CLASSES:
+            bpy.utils.register_class(cls)
+        _REGISTERED_MISSING = True
+        print("InstaScene: " + " ".join(missing.NUMPY_MISSING))
+        return
     from . import operators, properties
 
     for cls in _classes():
@@ -37,6 +57,14 @@ def register():
 def unregister():
     import bpy
 
+    global _REGISTERED_MISSING
+    if _REGISTERED_MISSING:
+        from . import missing
+
+        for cls in reversed(missing.CLASSES):
+            bpy.utils.unregister_class(cls)
+        _REGISTERED_MISSING = False
+        return
     from . import operators, properties
     from .blender import jobs
 

@@ -60,11 +60,22 @@ class INSTASCENE_OT_import_scene(_FileOperator, bpy.types.Operator):
     bl_label = "Import 2DGS Scene"
     bl_options = {"REGISTER", "UNDO"}
 
+    filter_glob: StringProperty(default="*.ply;*.json", options={"HIDDEN"})  # cameras.json shows too
     display: EnumProperty(name="Display", items=DISPLAY_ITEMS, default="AUTO")
     import_cameras: BoolProperty(name="Cameras", default=True, description="Create the scene's cameras")
     standard_view: BoolProperty(name="Standard View Transform", default=True,
                                 description="Set the scene's view transform to Standard so splats show their "
                                             "captured colours (AgX washes them out)")
+
+    def draw(self, context):
+        layout = self.layout
+        col = layout.column(align=True)
+        col.label(text="A scene folder: open it, leave the", icon="INFO")
+        col.label(text="file name empty, press Import.")
+        col.label(text="Or pick its point_cloud.ply or cameras.json.")
+        layout.prop(self, "display")
+        layout.prop(self, "import_cameras")
+        layout.prop(self, "standard_view")
 
     def execute(self, context):
         from .blender.importer import import_scene
@@ -72,6 +83,8 @@ class INSTASCENE_OT_import_scene(_FileOperator, bpy.types.Operator):
         path = _abspath(self.filepath)
         if not path:
             return _fail(self, "no scene given: pass filepath= a scene folder or a PLY file")
+        if os.path.basename(path) == "cameras.json":  # picked in the file browser: the scene is its folder
+            path = os.path.dirname(path)
         if not os.path.exists(path):
             return _fail(self, f"{path}: no such file or folder")
         prefs = get_prefs(context)
@@ -99,6 +112,9 @@ class INSTASCENE_OT_materialize(bpy.types.Operator):
     display: EnumProperty(name="Display", items=DISPLAY_ITEMS, default="AUTO")
     mesh_in_render: BoolProperty(name="Meshes in Renders", default=False,
                                  description="Render the completed meshes too (else only their splats)")
+    keep_moves: BoolProperty(name="Keep Moves", default=True,
+                             description="Objects materialized before keep where you moved them (off: back to "
+                             "where they were captured)")
     observed_background: BoolProperty(name="Observed Background", default=False,
                                       description="Show the background as the cameras saw it, with holes where "
                                       "the objects stood (else the completed one, when the run has it)")
@@ -113,7 +129,8 @@ class INSTASCENE_OT_materialize(bpy.types.Operator):
         prefs = get_prefs(context)
         try:
             res = materialize(run, context.scene, display=self.display, point_threshold=prefs.point_threshold,
-                              mesh_in_render=self.mesh_in_render, completed_background=not self.observed_background)
+                              mesh_in_render=self.mesh_in_render, completed_background=not self.observed_background,
+                              keep_moves=self.keep_moves)
         except _USER_ERRORS as e:
             return _fail(self, str(e))
         if res["skipped"]:

@@ -37,22 +37,25 @@ class VIEW3D_PT_instascene(bpy.types.Panel):
         box = layout.box()
         box.label(text="Scene", icon="SCENE_DATA")
         box.operator("instascene.import_scene", icon="IMPORT")
-        box.prop(settings, "scene_path", text="")
-        box.prop(settings, "run_dir")
+        box.prop(settings, "scene_path", text="Scene")
+        box.prop(settings, "run_dir", text="Run")
 
         box = layout.box()
         box.label(text="Objects", icon="OUTLINER_OB_GROUP_INSTANCE")
         off = jobs.unavailable(context)
+        has_scene = bool(settings.scene_path)
         col = box.column(align=True)
+        if not has_scene:
+            col.label(text="Import a scene first (Scene above)", icon="INFO")
         row = col.row(align=True)
-        row.enabled = "segment" not in off
+        row.enabled = "segment" not in off and has_scene
         row.operator("instascene.segment", icon="MOD_EXPLODE")
         row = col.row(align=True)
-        row.enabled = "complete" not in off
+        row.enabled = "complete" not in off and bool(settings.run_dir or has_scene)
         row.operator("instascene.complete", text="Complete All", icon="MOD_REMESH").selected_only = False
         row.operator("instascene.complete", text="Selected").selected_only = True
         row = col.row(align=True)
-        row.enabled = "run" not in off
+        row.enabled = "run" not in off and has_scene
         row.operator("instascene.run", icon="FF")
         row = col.row(align=True)
         row.operator("instascene.materialize", icon="OUTLINER_COLLECTION")

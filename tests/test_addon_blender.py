@@ -455,6 +455,7 @@ def test_segment_job_through_queue_and_drain(tmp_path, monkeypatch):
 
     run = make_run(tmp_path / "run_c")
     (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "token").chmod(0o600)  # as `instascene serve` writes it
     folder, _, _ = make_scene(tmp_path / "scene", n=10, cameras="none")
     with FakeBackend(run_dir=str(run)) as fb:
         monkeypatch.setattr(_Defaults, "backend_url", fb.url)
@@ -504,6 +505,7 @@ def test_select_at_cursor(tmp_path, monkeypatch):
     run = make_run(tmp_path / "run_q", mesh_for=(1,))
     centroids = {str(r["id"]): np.array(r["centroid"]) for r in json.loads((run / "instances.json").read_text())}
     (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "token").chmod(0o600)  # as `instascene serve` writes it
 
     def answer(body):  # the instance whose centroid is within 0.3 of the point; the background below z = -0.5
         if body["run"] != str(run):
@@ -604,3 +606,107 @@ def panel_draw_smoke():
         scene = bpy.context.scene
 
     VIEW3D_PT_instascene.draw(type("P", (), {"layout": Layout()})(), Ctx())
+
+
+class _RecordingLayout:
+    """A stand-in UI layout that records, per operator drawn, whether its row was enabled,
+    and every label and property text."""
+
+    def __init__(self, log=None, parent=None):
+        self.log = log if log is not None else {"operators": [], "labels": [], "props": []}
+        self.parent, self.enabled = parent, True
+
+    def _on(self):
+        return self.enabled and (self.parent is None or self.parent._on())
+
+    def row(self, *a, **k):
+        return _RecordingLayout(self.log, self)
+
+    column = box = row
+
+    def operator(self, idname, text=None, **k):
+        self.log["operators"].append((idname, text, self._on()))
+        return type("Op", (), {})()
+
+    def label(self, text="", **k):
+        self.log["labels"].append(text)
+
+    def prop(self, data, name, text=None, **k):
+        self.log["props"].append((name, text))
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def draw_panel() -> dict:
+    from instascene_blender.panel import VIEW3D_PT_instascene
+
+    class Ctx:
+        window_manager = bpy.context.window_manager
+        scene = bpy.context.scene
+
+    layout = _RecordingLayout()
+    VIEW3D_PT_instascene.draw(type("P", (), {"layout": layout})(), Ctx())
+    return layout.log
+
+
+def test_segment_waits_for_a_scene_and_fields_say_what_they_are(tmp_path, monkeypatch):
+    from instascene_blender.blender import jobs
+
+    monkeypatch.setattr(jobs, "unavailable", lambda context: {})
+    bpy.context.scene.instascene.scene_path = ""
+    log = draw_panel()
+    enabled = {op: on for op, _, on in log["operators"]}
+    assert enabled["instascene.segment"] is False and enabled["instascene.run"] is False
+    assert enabled["instascene.import_scene"] is True
+    assert any("Import a scene first" in t for t in log["labels"])
+    assert ("scene_path", "Scene") in log["props"] and ("run_dir", "Run") in log["props"]
+    bpy.context.scene.instascene.scene_path = str(make_scene(tmp_path / "s", n=20)[0])
+    enabled = {op: on for op, _, on in draw_panel()["operators"]}
+    assert enabled["instascene.segment"] is True and enabled["instascene.run"] is True
+
+
+def test_materialize_again_keeps_the_artists_moves_and_its_own_name(tmp_path):
+    from mathutils import Matrix
+
+    bpy.data.collections.new("run_k")  # e.g. the imported scene's collection of the same name
+    run = make_run(tmp_path / "run_k")
+    assert bpy.ops.instascene.materialize(run_dir=str(run)) == {"FINISHED"}
+    assert "run_k objects" in bpy.data.collections and "run_k.001" not in bpy.data.collections
+    obj = bpy.data.objects["instance_2"]
+    moved = Matrix.Translation((0.3, -0.2, 0.1)) @ obj.matrix_world @ Matrix.Rotation(0.5, 4, "Z")
+    obj.matrix_world = moved
+    assert bpy.ops.instascene.materialize(run_dir=str(run)) == {"FINISHED"}
+    again = bpy.data.objects["instance_2"]
+    assert np.allclose(np.array(again.matrix_world), np.array(moved), atol=1e-5)
+    assert np.allclose(bpy.data.objects["instance_3"].matrix_world.translation,
+                       run_folder_centroid(run, "3"), atol=1e-5)  # an object not moved stays put
+    assert bpy.ops.instascene.materialize(run_dir=str(run), keep_moves=False) == {"FINISHED"}
+    assert np.allclose(bpy.data.objects["instance_2"].matrix_world.translation, run_folder_centroid(run, "2"),
+                       atol=1e-5)
+
+
+def run_folder_centroid(run, iid: str):
+    return next(r["centroid"] for r in json.loads((run / "instances.json").read_text()) if str(r["id"]) == iid)
+
+
+def test_without_numpy_the_panel_and_preferences_say_why(monkeypatch):
+    """Some distribution builds of Blender lack numpy: enabling the add-on shows what to do."""
+    instascene_blender.unregister()
+    monkeypatch.setattr(instascene_blender, "_numpy_available", lambda: False)
+    try:
+        instascene_blender.register()
+        assert not hasattr(bpy.types, "INSTASCENE_OT_segment") and "segment" not in dir(bpy.ops.instascene)
+        from instascene_blender import missing
+
+        for cls in missing.CLASSES:
+            assert cls.is_registered
+            layout = _RecordingLayout()
+            cls.draw(type("P", (), {"layout": layout})(), bpy.context)
+            text = " ".join(layout.log["labels"])
+            assert "no numpy" in text and "apt install python3-numpy" in text and "official build" in text
+    finally:
+        instascene_blender.unregister()
+        monkeypatch.undo()
+        instascene_blender.register()
+    assert hasattr(bpy.types, "INSTASCENE_OT_segment")

@@ -8,8 +8,10 @@ Per instance `<id>` (records and files: io/run_folder.py):
 The background becomes the splat object `background`: `background_completed.ply` (the
 table closed under the objects, so moving one reveals table, not void) when the run has
 it and `completed_background` is set, else `background.ply`. Everything goes into a
-collection named after the run folder, tagged with the run's path; materializing the
-same run again deletes that collection's objects first, so it replaces, never duplicates.
+collection named after the run folder (or "<name> objects" when the imported scene took that
+name), tagged with the run's path; materializing the same run again deletes that
+collection's objects first, so it replaces, never duplicates — and, unless `keep_moves`
+is off, puts each object where the artist had moved it.
 The imported whole-scene splats of the segmented scene (instances.json "scene") are hidden
 and tagged as superseded, so Export Layout does not write them twice.
 """
@@ -68,6 +70,25 @@ def _hide_source_scene(run, scene) -> list:
     return hidden
 
 
+REST_PROP = "instascene_rest"  # where materialize put the object (its centroid; the background at 0)
+
+
+def _artist_moves(coll) -> dict:
+    """Per instance id (and "background"), how the artist moved the run's object since it
+    was materialized: matrix_world @ rest⁻¹."""
+    from mathutils import Matrix
+
+    moves = {}
+    for obj in coll.all_objects:
+        key = obj.get("instascene_instance") if obj.parent is None else None
+        key = "background" if obj.get("instascene_background") else key
+        if key is None or REST_PROP not in obj:
+            continue
+        rest = Matrix.Translation([float(v) for v in obj[REST_PROP]])
+        moves[str(key)] = obj.matrix_world @ rest.inverted()
+    return moves
+
+
 def find_run_collection(root: str):
     for coll in bpy.data.collections:
         if coll.get(RUN_PROP) == root:
@@ -76,7 +97,7 @@ def find_run_collection(root: str):
 
 
 def materialize(run_dir: str, scene, display: str = "AUTO", point_threshold: int = 200_000,
-                mesh_in_render: bool = False, completed_background: bool = True) -> dict:
+                mesh_in_render: bool = False, completed_background: bool = True, keep_moves: bool = True) -> dict:
     run = read_run_folder(run_dir)
     bg_path = run.background if completed_background else (run.background_observed or run.background)
     bg_kind = "completed" if bg_path and bg_path != run.background_observed else "observed"
@@ -91,9 +112,11 @@ def materialize(run_dir: str, scene, display: str = "AUTO", point_threshold: int
     background = read_splat_ply(bg_path) if bg_path else None
 
     old = find_run_collection(run.root)
+    moves = _artist_moves(old) if old is not None and keep_moves else {}
     if old is not None:
         _remove_collection_tree(old)
-    coll = bpy.data.collections.new(run.name)
+    name = run.name if run.name not in bpy.data.collections else f"{run.name} objects"
+    coll = bpy.data.collections.new(name)  # not "synth0.001" beside the imported "synth0"
     scene.collection.children.link(coll)
     coll[RUN_PROP] = run.root
 
@@ -129,6 +152,11 @@ def materialize(run_dir: str, scene, display: str = "AUTO", point_threshold: int
                                         always_points=always, source=bg_path)
         bg[RUN_PROP], bg["instascene_background"] = run.root, 1
         bg["instascene_background_completed"] = int(bg_kind == "completed")
+    for key, obj in [*objects.items(), ("background", bg)]:
+        if obj is not None:
+            obj[REST_PROP] = [float(v) for v in obj.matrix_world.translation]
+            if key in moves:  # where the artist had put it: the same move from its new rest place
+                obj.matrix_world = moves[key] @ obj.matrix_world
     superseded = _hide_source_scene(run, scene)
     raise_transparent_bounces(scene)
     return {"collection": coll, "superseded": superseded, "instances": objects, "background": bg,
