@@ -632,3 +632,56 @@ def test_only_this_servers_host_names_are_answered(server):
         assert r.status_code == 421, host
     for host in ("127.0.0.1", server.url.removeprefix("http://"), "localhost:1", "[::1]:80"):
         assert server.client.get("/health", headers={"Host": host}).status_code == 200, host
+
+
+def _random_value(rng, depth=0):
+    """A JSON value of a random type: text (with odd code points), numbers (NaN, huge),
+    booleans, null, lists, objects."""
+    kind = rng.integers(0, 8 if depth < 2 else 5)
+    if kind == 0:
+        alphabet = ["a", "/", "..", "\x00", "\udcff", "é", "\u202e", " ", "*", ".tmp", "~", "\\", "%00", "runs"]
+        return "".join(rng.choice(alphabet, size=int(rng.integers(0, 12))).tolist()) * int(rng.choice([1, 1, 40]))
+    if kind == 1:
+        return float(rng.choice([0.0, -5.0, 1e308, float("nan"), float("inf"), 2.5]))
+    if kind == 2:
+        return int(rng.choice([0, -1, 2**31, 2**63 - 1, 7]))
+    if kind == 3:
+        return bool(rng.integers(0, 2))
+    if kind == 4:
+        return None
+    if kind == 5:
+        return [_random_value(rng, depth + 1) for _ in range(int(rng.integers(0, 4)))]
+    return {str(_random_value(rng, 2)): _random_value(rng, depth + 1) for _ in range(int(rng.integers(0, 4)))}
+
+
+def test_fuzz_jobs_and_files_never_answer_5xx_nor_stop_the_worker(server):
+    """Random bodies for POST /jobs and random paths for GET/PUT /files (bounded sizes, loopback):
+    never a 5xx, GET /jobs always answers 200, and the worker still runs jobs afterwards."""
+    rng = np.random.default_rng(20)
+    kinds = ["validate", "render", "segment", "complete", "run", "nope", 3, None]
+    for i in range(150):
+        body = {"kind": kinds[int(rng.integers(0, len(kinds)))], "scene": _random_value(rng),
+                "run": _random_value(rng), "options": _random_value(rng)}
+        for k in list(body):
+            if rng.random() < 0.15:
+                del body[k]
+        if rng.random() < 0.1:
+            body = _random_value(rng)
+        text = json.dumps(body, allow_nan=True)
+        r = server.client.post("/jobs", content=text.encode("utf-8", "surrogatepass"),
+                               headers={"content-type": "application/json"})
+        assert r.status_code < 500, (body, r.text)
+        path = str(_random_value(rng)).lstrip("/") or "x"
+        safe = path.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        r = server.client.get(f"/files/{safe}")
+        assert r.status_code < 500, (safe, r.text)
+        r = server.client.put(f"/files/fuzz/{safe}", content=bytes(int(rng.integers(0, 64))))
+        assert r.status_code < 500, (safe, r.text)
+        if i % 25 == 0:
+            assert server.client.get("/jobs").status_code == 200
+    r = server.client.get("/jobs")
+    assert r.status_code == 200
+    for job in r.json()["jobs"]:  # let what the fuzz queued finish, then the worker takes a real job
+        if job["state"] in ("queued", "running"):
+            server.client.post(f"/jobs/{job['id']}/cancel")
+    assert server.wait(server.submit("validate", "small", "runs/after-fuzz"), timeout=60)["state"] == "done"
