@@ -655,9 +655,11 @@ def test_segment_waits_for_a_scene_and_fields_say_what_they_are(tmp_path, monkey
 
     monkeypatch.setattr(jobs, "unavailable", lambda context: {})
     bpy.context.scene.instascene.scene_path = ""
+    bpy.context.scene.instascene.run_dir = ""
     log = draw_panel()
     enabled = {op: on for op, _, on in log["operators"]}
     assert enabled["instascene.segment"] is False and enabled["instascene.run"] is False
+    assert enabled["instascene.complete"] is False  # no scene and no run folder yet
     assert enabled["instascene.import_scene"] is True
     assert any("Import a scene first" in t for t in log["labels"])
     assert ("scene_path", "Scene") in log["props"] and ("run_dir", "Run") in log["props"]
