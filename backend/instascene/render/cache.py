@@ -77,3 +77,7 @@ class ContributionCache:
         v = self.views[i]
         out = _SparseRender.apply(A, At, features.to(A.dtype).contiguous())
         return out.reshape(v.height, v.width, -1)
+
+    def render_pixels(self, i: int, features: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
+        """The rendered features at the given pixels of view `i`: [len(pix), D]."""
+        return self.render(i, features).reshape(-1, features.shape[1])[pix]

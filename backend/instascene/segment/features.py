@@ -62,7 +62,8 @@ def train_features(cache, labels_2d, labels_consistent, gaussian_labels: np.ndar
                    p: FeatureParams = FeatureParams(), progress=None) -> torch.Tensor:
     """Train per-Gaussian features; returns unit features [N, dim].
 
-    cache: render.ContributionCache over the views (in capture order);
+    cache: the views' frozen blending weights, in capture order: render.PairStore (on
+    disk) or render.ContributionCache (in memory) — anything with `render_pixels`;
     labels_2d / labels_consistent: per view [H, W] int (0 = unlabelled) or None;
     gaussian_labels: [N] coarse instance per Gaussian (-1 = none);
     visible_per_view: per view, an index array of the Gaussians visible in it.
@@ -86,7 +87,7 @@ def train_features(cache, labels_2d, labels_consistent, gaussian_labels: np.ndar
         pix = torch.nonzero(lab > 0).squeeze(1)
         if len(pix):
             pix = pix[_sample(len(pix), p.samples, gen)]
-            rendered = cache.render(i, unit).reshape(-1, p.dim)[pix]
+            rendered = cache.render_pixels(i, unit, pix)
             loss = loss + p.weight_2d * proto_nce(F.normalize(rendered, dim=1), lab[pix])
         # cross-view 2D on consistent labels of consecutive views
         if p.cross_every and it % p.cross_every == 0:
@@ -98,7 +99,7 @@ def train_features(cache, labels_2d, labels_consistent, gaussian_labels: np.ndar
                 pj = torch.nonzero(flatc[j] > 0).squeeze(1)
                 if len(pj):
                     pj = pj[_sample(len(pj), p.samples // p.cross_views, gen)]
-                    fs.append(cache.render(j, unit).reshape(-1, p.dim)[pj])
+                    fs.append(cache.render_pixels(j, unit, pj))
                     ys.append(flatc[j][pj])
             if fs:
                 loss = loss + p.weight_cross * proto_nce(F.normalize(torch.cat(fs), dim=1), torch.cat(ys))

@@ -83,7 +83,8 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     import torch
 
     params = params or SegmentParams()
-    from ..render import ContributionCache, Gaussians, View, contributions
+    from ..render import Gaussians, View
+    from ..render.pairs import PairStore
 
     run = check_output_folder(run_dir, "run folder")
     scene = load_scene(scene_path)
@@ -101,16 +102,34 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
         views = [View.from_camera(c, device=dev) for c in cams]
         label_maps = [None if m is None else resize_labels(m, c.height, c.width) for m, c in zip(label_maps, cams)]
 
+    with PairStore.temporary(run, len(g)) as pairs:
+        summary = _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st)
+    summary["mask_source"] = mask_source
+    summary["mask_source_detail"] = mask_why
+    summary["timing_s"] = st.times
+    _write_json(run / "segment.json", summary)
+    return summary
+
+
+def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) -> dict:
+    """The stages after the masks are known. Every view's pairs go to `pairs` (on disk);
+    only the pairs the tracker selects (one per pixel) stay in memory."""
+    from ..render import contributions
+
     st.start("rasterize", len(views))
-    contribs = []
+    tracked = []
     for i, v in enumerate(views):
-        contribs.append(contributions(g, v, None))
+        c = contributions(g, v, None)
+        tracked.append(c.select(params.criterion))
+        pairs.append(c)
+        del c
         st.update(i + 1, len(views), cams[i].name)
     st.end()
 
     st.start("track")
-    tracks = track_masks(contribs, [c.name for c in cams], label_maps, params.criterion, params.min_gaussians,
+    tracks = track_masks(tracked, [c.name for c in cams], label_maps, params.criterion, params.min_gaussians,
                          params.boundary_px)
+    del tracked
     st.end()
 
     st.start("associate")
@@ -126,17 +145,14 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     coarse, is_bg = merge_parts(coarse, tracks, means, is_bg, eps, params.merge)
     consistent = consistent_label_maps(coarse, tracks, label_maps)
     filtered = _filter_undersegmented(label_maps, tracks, cons.undersegmented)
-    evidence = label_evidence(contribs, consistent, len(coarse))
+    evidence = label_evidence(pairs, consistent, len(coarse))
     coarse_labels = vote_labels(evidence)
     st.end()
 
     st.start("features", params.features.iterations)
-    cache = ContributionCache.from_contributions(views, contribs)
     visible = [np.asarray(tracks.W[f].indices) for f in range(len(views))]
-    del contribs
-    feats = train_features(cache, filtered, consistent, coarse_labels, visible, params.features,
+    feats = train_features(pairs, filtered, consistent, coarse_labels, visible, params.features,
                            progress=lambda i, n, loss: st.update(i, n, f"loss {loss:.3f}"))
-    del cache
     st.end()
 
     st.start("instances")
@@ -148,10 +164,6 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     st.start("write")
     summary = write_run(run, scene, splats, labels, feats.cpu().numpy(), params, tracks, coarse, is_bg)
     st.end()
-    summary["mask_source"] = mask_source
-    summary["mask_source_detail"] = mask_why
-    summary["timing_s"] = st.times
-    _write_json(run / "segment.json", summary)
     return summary
 
 

@@ -1,0 +1,119 @@
+"""Each view's composited pairs kept on disk, so that memory does not grow with views.
+
+The segmentation reads every view's blending weights three times: for the masks'
+Gaussian sets (one crossing pair per pixel, small, kept in memory), for the label
+evidence (one pass) and for the feature field (a few sampled pixels of one or a few views
+per step). Holding every view's pairs in memory costs ~48 bytes a pair (int64 indices,
+a CSR matrix and its transpose): 4.3 GB for 48 views at 640×480. Here each view is
+written once, as a CSR matrix in pixel order (int32 Gaussian, float32 weight: 8 bytes
+a pair, ~20 MB for a 256×192 view), and read back memory-mapped: a pass touches one view
+at a time and a feature step only the rows of the pixels it sampled, so the resident set
+stays that of one view whatever the number of views.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import _csr, _SparseRender
+
+
+@dataclass
+class Pairs:
+    """One view's pairs: pixel (row-major index), Gaussian, blending weight α·T."""
+
+    width: int
+    height: int
+    n_gaussians: int
+    pixel: torch.Tensor
+    gaussian: torch.Tensor
+    weight: torch.Tensor
+
+
+class PairStore:
+    """Views' pairs on disk under `folder` (a fresh temporary folder beside the output
+    when None is given to `temporary`); a sequence of `Pairs`, plus `render_pixels`."""
+
+    def __init__(self, folder: str | Path, n_gaussians: int):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.n_gaussians = n_gaussians
+        self.sizes: list[tuple[int, int]] = []
+        self._owned = False
+
+    @classmethod
+    def temporary(cls, near: str | Path, n_gaussians: int) -> "PairStore":
+        """A store in a new hidden folder next to `near` (on the output's disk, not in a
+        RAM-backed /tmp); removed by `close()`."""
+        near = Path(near)
+        near.parent.mkdir(parents=True, exist_ok=True)
+        store = cls(tempfile.mkdtemp(prefix=f".{near.name}.pairs-", dir=near.parent), n_gaussians)
+        store._owned = True
+        return store
+
+    def close(self) -> None:
+        if self._owned:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def append(self, c) -> None:
+        """Store a view's `Contributions` (pairs sorted by pixel, as rasterization gives them)."""
+        i = len(self.sizes)
+        n_pix = c.width * c.height
+        pixel = c.pixel.cpu().numpy()
+        if len(pixel) > 1 and (np.diff(pixel) < 0).any():
+            order = np.argsort(pixel, kind="stable")
+            pixel, gaussian, weight = pixel[order], c.gaussian.cpu().numpy()[order], c.weight.cpu().numpy()[order]
+        else:
+            gaussian, weight = c.gaussian.cpu().numpy(), c.weight.cpu().numpy()
+        crow = np.zeros(n_pix + 1, np.int64)
+        np.cumsum(np.bincount(pixel, minlength=n_pix), out=crow[1:])
+        np.save(self.folder / f"{i}.crow.npy", crow)
+        np.save(self.folder / f"{i}.col.npy", gaussian.astype(np.int32))
+        np.save(self.folder / f"{i}.val.npy", weight.astype(np.float32))
+        self.sizes.append((c.width, c.height))
+
+    def _arrays(self, i: int):
+        return tuple(np.load(self.folder / f"{i}.{k}.npy", mmap_mode="r") for k in ("crow", "col", "val"))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, i: int) -> Pairs:
+        if not 0 <= i < len(self):
+            raise IndexError(f"view {i} of {len(self)}")
+        crow, col, val = self._arrays(i)
+        w, h = self.sizes[i]
+        pixel = np.repeat(np.arange(w * h, dtype=np.int64), np.diff(crow))
+        return Pairs(w, h, self.n_gaussians, torch.from_numpy(pixel), torch.from_numpy(np.array(col, np.int64)),
+                     torch.from_numpy(np.array(val)))
+
+    def render_pixels(self, i: int, features: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
+        """Σ w·f at the given pixels of view `i`: [len(pix), D], differentiable in
+        `features`; reads only those pixels' rows."""
+        crow, col, val = self._arrays(i)
+        p = pix.cpu().numpy()
+        start, count = crow[p], crow[p + 1] - crow[p]
+        row = np.repeat(np.arange(len(p)), count)
+        at = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count) + np.repeat(start, count)
+        dev = features.device
+        g = torch.from_numpy(np.asarray(col[at], np.int64)).to(dev)
+        w = torch.from_numpy(np.asarray(val[at], np.float32)).to(dev)
+        r = torch.from_numpy(row).to(dev)
+        shape = (len(p), self.n_gaussians)  # the sampled rows as a sparse operator, and its transpose
+        A, At = _csr(r, g, w, shape), _csr(g, r, w, shape[::-1])
+        return _SparseRender.apply(A, At, features.to(A.dtype).contiguous())
