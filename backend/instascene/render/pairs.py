@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cache import _csr, _SparseRender
+from .cache import _SparseRender
+
 
 
 @dataclass
@@ -85,10 +87,14 @@ class PairStore:
         np.save(self.folder / f"{i}.crow.npy", crow)
         np.save(self.folder / f"{i}.col.npy", gaussian.astype(np.int32))
         np.save(self.folder / f"{i}.val.npy", weight.astype(np.float32))
+        by_gaussian = np.argsort(gaussian, kind="stable")  # the transpose, for gradients
+        np.save(self.folder / f"{i}.tg.npy", gaussian[by_gaussian].astype(np.int32))
+        np.save(self.folder / f"{i}.tpix.npy", pixel[by_gaussian].astype(np.int32))
+        np.save(self.folder / f"{i}.tval.npy", weight[by_gaussian].astype(np.float32))
         self.sizes.append((c.width, c.height))
 
-    def _arrays(self, i: int):
-        return tuple(np.load(self.folder / f"{i}.{k}.npy", mmap_mode="r") for k in ("crow", "col", "val"))
+    def _arrays(self, i: int, kinds=("crow", "col", "val")):
+        return tuple(np.load(self.folder / f"{i}.{k}.npy", mmap_mode="r") for k in kinds)
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -108,12 +114,27 @@ class PairStore:
         crow, col, val = self._arrays(i)
         p = pix.cpu().numpy()
         start, count = crow[p], crow[p + 1] - crow[p]
-        row = np.repeat(np.arange(len(p)), count)
         at = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count) + np.repeat(start, count)
         dev = features.device
         g = torch.from_numpy(np.asarray(col[at], np.int64)).to(dev)
         w = torch.from_numpy(np.asarray(val[at], np.float32)).to(dev)
-        r = torch.from_numpy(row).to(dev)
-        shape = (len(p), self.n_gaussians)  # the sampled rows as a sparse operator, and its transpose
-        A, At = _csr(r, g, w, shape), _csr(g, r, w, shape[::-1])
-        return _SparseRender.apply(A, At, features.to(A.dtype).contiguous())
+        crow_rows = np.zeros(len(p) + 1, np.int64)
+        np.cumsum(count, out=crow_rows[1:])
+        # the transpose restricted to the sampled pixels: a filter of the stored
+        # Gaussian-ordered pairs, which stay in order (no sort per step)
+        tg, tpix, tval = self._arrays(i, ("tg", "tpix", "tval"))
+        w_, h_ = self.sizes[i]
+        local = np.full(w_ * h_, -1, np.int64)
+        local[p] = np.arange(len(p))
+        lp = local[tpix]
+        keep = lp >= 0
+        gk = np.asarray(tg[keep], np.int64)
+        crow_t = np.zeros(self.n_gaussians + 1, np.int64)
+        np.cumsum(np.bincount(gk, minlength=self.n_gaussians), out=crow_t[1:])
+        t = torch.from_numpy
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            A = torch.sparse_csr_tensor(t(crow_rows).to(dev), g, w, (len(p), self.n_gaussians), check_invariants=False)
+            At = torch.sparse_csr_tensor(t(crow_t).to(dev), t(lp[keep]).to(dev), t(np.asarray(tval[keep], np.float32)).to(dev),
+                                         (self.n_gaussians, len(p)), check_invariants=False)
+        return _SparseRender.apply(A, At, features.float().contiguous())
