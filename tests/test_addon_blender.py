@@ -712,3 +712,14 @@ def test_without_numpy_the_panel_and_preferences_say_why(monkeypatch):
         monkeypatch.undo()
         instascene_blender.register()
     assert hasattr(bpy.types, "INSTASCENE_OT_segment")
+
+
+def test_picking_cameras_json_in_the_browser_imports_its_folder(tmp_path):
+    """The import browser shows *.json too; picking a scene's cameras.json imports the scene folder."""
+    from instascene_blender.operators import INSTASCENE_OT_import_scene
+
+    assert "*.json" in INSTASCENE_OT_import_scene.__annotations__["filter_glob"].keywords["default"]
+    folder, splats, cams = make_scene(tmp_path / "scene", n=40, cameras="json")
+    assert bpy.ops.instascene.import_scene(filepath=str(folder / "cameras.json")) == {"FINISHED"}
+    assert bpy.context.scene.instascene.scene_path == str(folder)
+    assert sum(o.type == "CAMERA" for o in bpy.data.objects) == len(cams)
