@@ -323,6 +323,7 @@ def test_bad_requests(server, data, tmp_path):
                                  ("segment", {"device": "tpu"}, "'device' must be one of auto, cpu, cuda"),
                                  ("complete", {"finetune_iterations": True}, "whole number"),
                                  ("complete", {"instances": "all"}, "'instances' must be a non-empty list"),
+                                 ("complete", {"instances": ["x1"]}, "'instances' must be a whole number"),
                                  ("complete", {"generator": "magic"}, "'generator' must be one of"),
                                  ("run", {"min_gaussians": 0}, "'min_gaussians' must be between"),
                                  ("render", {"scale": 9}, "'scale' must be a number"),

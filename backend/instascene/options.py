@@ -103,7 +103,8 @@ def instances(value) -> list[int] | None:
         return None
     if not isinstance(value, list) or not value:
         raise OptionError("instances", f"must be a non-empty list of instance ids, got {value!r}")
-    return [whole("instances", v, 0, 10**9) for v in value]
+    # ids as the run folder names them: integers, or their text (the add-on sends "3")
+    return [whole("instances", int(v) if isinstance(v, str) and v.strip().isdigit() else v, 0, 10**9) for v in value]
 
 
 def split(kind: str, options: dict) -> dict:
