@@ -2,13 +2,15 @@
 
 The segmentation reads every view's blending weights three times: for the masks'
 Gaussian sets (one crossing pair per pixel, small, kept in memory), for the label
-evidence (one pass) and for the feature field (a few sampled pixels of one or a few views
-per step). Holding every view's pairs in memory costs ~48 bytes a pair (int64 indices,
-a CSR matrix and its transpose): 4.3 GB for 48 views at 640×480. Here each view is
-written once, as a CSR matrix in pixel order (int32 Gaussian, float32 weight: 8 bytes
-a pair, ~20 MB for a 256×192 view), and read back memory-mapped: a pass touches one view
-at a time and a feature step only the rows of the pixels it sampled, so the resident set
-stays that of one view whatever the number of views.
+evidence (one pass) and for the feature field (a few thousand sampled pixels of one or
+a few views per step). Holding every view's pairs in memory cost ~48 bytes a pair
+(int64 indices, a CSR matrix and its transpose): 4.3 GB for 48 views at 640×480. Here
+each view is written once — its CSR rows in pixel order and the same pairs in Gaussian
+order (int32 index, float32 weight: 16 bytes a pair, ~25 MB for a 256×192 view) — and
+read back memory-mapped: a pass touches one view at a time, a feature step the rows of
+its sampled pixels and, for the gradient, the Gaussian-ordered pairs filtered to those
+pixels (already in order: no sort per step). The resident set stays that of one view
+whatever the number of views.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ class PairStore:
 
     def render_pixels(self, i: int, features: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
         """Σ w·f at the given pixels of view `i`: [len(pix), D], differentiable in
-        `features`; reads only those pixels' rows."""
+        `features` (the same numbers as ContributionCache.render at those pixels)."""
         crow, col, val = self._arrays(i)
         p = pix.cpu().numpy()
         start, count = crow[p], crow[p + 1] - crow[p]
