@@ -330,3 +330,19 @@ def test_query_cli_answers_a_3d_click(segmented):
     r = subprocess.run([sys.executable, "-m", "instascene", "query", str(run), "--pixel", "1", "1"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--view" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_labels_from_the_ground_truth_make_an_oracle_run(segmented, tmp_path):
+    """`segment --labels-from SCENE/gt`: the run's labels are the truth (completion measured apart)."""
+    scene, _, _ = segmented
+    r = subprocess.run([sys.executable, "-m", "instascene", "segment", str(scene), "--out", str(tmp_path / "o"),
+                        "--labels-from", str(scene / "gt")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    gt = np.load(scene / "gt/gaussian_instances.npy")
+    assert np.array_equal(np.load(tmp_path / "o" / "labels.npy"), gt)
+    doc = json.loads((tmp_path / "o" / "instances.json").read_text())
+    assert sorted(i["id"] for i in doc["instances"]) == sorted(np.unique(gt[gt >= 0]).tolist())
+    assert doc["labels_from"] == str((scene / "gt").resolve())
+    r = subprocess.run([sys.executable, "-m", "instascene", "segment", str(scene), "--out", str(tmp_path / "o2"),
+                        "--labels-from", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "instances.json" in r.stderr and "Traceback" not in r.stderr, r.stderr

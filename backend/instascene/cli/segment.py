@@ -13,6 +13,9 @@ def add_parser(sub) -> None:
                    help="pairs that make a mask's Gaussian set for association (default: crossing)")
     p.add_argument("--weights", default=None,
                    help="local SAM weights folder (transformers layout), used when the scene has no sam/mask")
+    p.add_argument("--labels-from", default=None, metavar="SCENE/gt",
+                   help="write the run from the scene's ground-truth labels instead of segmenting (an oracle "
+                   "segmentation, to measure completion on its own)")
     p.set_defaults(func=run)
 
 
@@ -20,8 +23,11 @@ def run(args) -> int:
     import json
 
     from ..options import segment_params
-    from ..segment.pipeline import segment_scene
+    from ..segment.pipeline import oracle_run, segment_scene
 
+    if args.labels_from:
+        print(json.dumps(oracle_run(args.scene, args.out, args.labels_from), indent=2))
+        return 0
     params = segment_params({"iterations": args.iterations, "criterion": args.criterion})
     summary = segment_scene(args.scene, args.out, params, device=args.device, weights=args.weights)
     print(json.dumps(summary, indent=2))

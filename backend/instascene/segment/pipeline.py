@@ -248,11 +248,34 @@ def write_run(target: Path, scene, splats, labels: np.ndarray, features: np.ndar
               is_bg) -> dict:
     """labels.npy, features.npy, instances.json, instances/<id>/observed.ply, background.ply;
     built beside `target` and swapped in whole (an earlier run there is replaced, not mixed)."""
+    source = {"masks": {"total": int(tracks.n_masks), "coarse_instances": len(coarse),
+                        "background_instances": int(np.sum(is_bg))}, "params": asdict(params)}
     with replace_folder(target) as run:
-        return _write_run(run, scene, splats, labels, features, params, tracks, coarse, is_bg)
+        out = _write_run(run, scene, splats, labels, features, source)
+    return {**out, "masks": int(tracks.n_masks), "coarse_instances": len(coarse)}
 
 
-def _write_run(run: Path, scene, splats, labels, features, params, tracks, coarse, is_bg) -> dict:
+def oracle_run(scene_path, run_dir, gt_dir) -> dict:
+    """A run folder whose labels are the scene's ground truth (`segment --labels-from
+    SCENE/gt`): completion and layouts measured apart from segmentation. Features are
+    zero (there is no feature field to query)."""
+    from ..eval.segmentation import load_gt
+
+    run = check_output_folder(run_dir, "run folder")
+    scene = load_scene(scene_path)
+    splats = scene.require_splats()
+    gt = load_gt(gt_dir)
+    if len(gt.gaussian_instances) != len(splats):
+        raise InstaSceneError(f"the ground truth labels {len(gt.gaussian_instances)} Gaussians, the scene has "
+                              f"{len(splats)}", Path(gt_dir) / gt.labels_file)
+    labels = gt.gaussian_instances.astype(np.int64)
+    with replace_folder(run) as tmp:
+        out = _write_run(tmp, scene, splats, labels, np.zeros((len(labels), 16), np.float32),
+                         {"labels_from": str(Path(gt_dir).resolve())})
+    return {**out, "labels_from": str(gt_dir)}
+
+
+def _write_run(run: Path, scene, splats, labels, features, source: dict) -> dict:
     with atomic_write(run / "labels.npy") as f:
         np.save(f, labels.astype(np.int32))
     with atomic_write(run / "features.npy") as f:
@@ -280,10 +303,7 @@ def _write_run(run: Path, scene, splats, labels, features, params, tracks, coars
         "gaussians": int(len(labels)),
         "background": {"gaussians": int(len(bg)), "file": "background.ply"},
         "instances": records,
-        "masks": {"total": int(tracks.n_masks), "coarse_instances": len(coarse),
-                  "background_instances": int(np.sum(is_bg))},
-        "params": asdict(params),
+        **source,
     }
     _write_json(run / "instances.json", doc)
-    return {"instances": len(records), "background_gaussians": int(len(bg)), "masks": int(tracks.n_masks),
-            "coarse_instances": len(coarse)}
+    return {"instances": len(records), "background_gaussians": int(len(bg))}
