@@ -42,3 +42,23 @@ def test_pair_store_renders_like_the_cache_and_cleans_up(tmp_path):
     assert folder.parent == tmp_path and folder.name.startswith(".run.pairs-")
     store.close()
     assert not folder.exists()
+
+
+def test_the_feature_field_reports_often_enough_for_a_prompt_cancel(tmp_path):
+    """The service cancels a job at its next progress report: the feature stage reports
+    every 5 steps (it reported every 50, so a cancel took 20-25 s), its loss text changing
+    only every 50 so that the job log stays short."""
+    from instascene.segment.features import FeatureParams, train_features
+
+    rng = np.random.default_rng(1)
+    contribs = [random_contributions(rng, 24, 16, 300) for _ in range(3)]
+    store = PairStore.temporary(tmp_path / "run", 300)
+    for c in contribs:
+        store.append(c)
+    labels2d = [rng.integers(0, 3, (16, 24)) for _ in contribs]
+    calls = []
+    train_features(store, labels2d, labels2d, rng.integers(-1, 2, 300), [np.arange(300)] * 3,
+                   FeatureParams(iterations=60, samples=64), progress=lambda i, n, loss: calls.append((i, loss)))
+    store.close()
+    assert [i for i, _ in calls] == list(range(5, 61, 5))
+    assert len({loss for _, loss in calls}) <= 2  # shown at step 5, then refreshed at step 50
