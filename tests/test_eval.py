@@ -336,3 +336,21 @@ def test_cli_eval_prints_json_and_fails_cleanly(world, tmp_path, capsys):
     assert main(["eval", "seg", str(empty), "--gt", str(gt)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "labels.npy" in err and err.startswith("instascene eval: error:")
+
+
+def test_evaluate_completion_with_meshes_only_as_the_practice_scenes(world, tmp_path):
+    """The practice scenes ship complete meshes but no complete surfels: geometry is scored,
+    PSNR is skipped with a note (it was an error), and their 'visible fraction' gives unseen."""
+    import shutil
+
+    _, gt, run = world
+    meshes_only = tmp_path / "gt"
+    shutil.copytree(gt, meshes_only, ignore=shutil.ignore_patterns("objects"))
+    doc = json.loads((meshes_only / "instances.json").read_text())
+    for o in doc["objects"]:
+        o["visible_fraction_of_visual_mesh"] = 1.0 - o.pop("unseen_fraction")
+    (meshes_only / "instances.json").write_text(json.dumps(doc))
+    r = evaluate_completion(run, meshes_only, views=4, size=48, samples=20_000)
+    o0 = r["objects"][0]
+    assert o0["completed"]["volume_iou"] > 0.8 and "psnr_known" not in o0["completed"]
+    assert "no complete ground-truth surfels" in o0["render_note"] and o0["needs_completion"]
