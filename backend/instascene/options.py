@@ -13,8 +13,6 @@ import math
 from .errors import InstaSceneError
 
 DEVICES = ("auto", "cpu", "cuda")
-CRITERIA = ("transmittance", "crossing", "weight")
-GENERATORS = ("auto", "geometric", "diffusion")
 SEGMENT_KEYS = ("iterations", "criterion", "min_gaussians")
 COMPLETE_KEYS = ("finetune_iterations", "resolution", "diffusion_steps", "mesh_resolution")
 
@@ -68,6 +66,7 @@ def _unknown(options: dict, known: tuple[str, ...], what: str) -> None:
 
 def segment_params(options: dict):
     """SegmentParams from the segmentation keys of `options` (None values: defaults)."""
+    from .render import CRITERIA
     from .segment.pipeline import SegmentParams
 
     _unknown(options, SEGMENT_KEYS, "segmentation")
@@ -116,6 +115,8 @@ def split(kind: str, options: dict) -> dict:
         out["weights"] = folder("weights", options.pop("weights", None))
         out["segment"] = segment_params(options)
         return out
+    from .complete.pipeline import GENERATORS
+
     out["instances"] = instances(options.pop("instances", None))
     out["generator"] = choice("generator", options.pop("generator", None) or "auto", GENERATORS)
     out["weights"] = folder("weights", options.pop("weights", None))

@@ -160,12 +160,12 @@ def complete_run(run_dir, instances=None, generator: str = "auto", weights: str 
     chosen = [i for i in chosen if records[i].get("gaussians", 0) >= p.min_gaussians or instances]
     prog = Progress(report, quiet, len(chosen) + 1)
     t0 = time.perf_counter()
-    labels, shed = guard_labels(labels, splats.means.astype(np.float64), p.guard)
+    means = splats.means.astype(np.float64)
+    labels, shed = guard_labels(labels, means, p.guard)
     prog("evidence", 0.0, f"{len(cams)} views")
     if not quiet:
         print(f"complete: {len(chosen)} instance(s) with the {gen.name} generator; reading {len(cams)} views")
     ev = scene_evidence(splats, labels, cams, dev, lambda i, n, m: prog("evidence", i / n, m))
-    means = splats.means.astype(np.float64)
     bg = means[labels < 0]
     plane = support_plane(bg, cams, 3 * surfel_spacing(bg)) if len(bg) else None
     evidence_s = time.perf_counter() - t0

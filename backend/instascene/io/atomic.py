@@ -36,18 +36,33 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+NAME_MAX = 255  # bytes per file name on every file system this runs on
+
+
+def overlong_name(path: str | os.PathLike) -> str | None:
+    """The first name in `path` longer than a file system allows, or None."""
+    return next((p for p in Path(path).parts if len(os.fsencode(p)) > NAME_MAX), None)
+
+
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """`path` itself or the nearest folder above it that exists as a file (so `path`
+    cannot be made a folder), or None."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
 def check_output_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Fail now, before any computation, when `path` could not become a folder: a file is
     there or above it, or a name is longer than the file system allows."""
     from ..errors import InstaSceneError
 
     path = Path(path)
-    long = [p for p in path.parts if len(os.fsencode(p)) > 255]
+    long = overlong_name(path)
     if long:
-        raise InstaSceneError(f"{what}: the name {long[0][:40]!r}… is longer than 255 bytes")
-    for p in (path, *path.parents):
-        if p.exists() and not p.is_dir():
-            raise InstaSceneError(f"{what} cannot be made: {p} is a file, not a folder", path)
+        raise InstaSceneError(f"{what}: the name {long[:40]!r}… is longer than {NAME_MAX} bytes")
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        raise InstaSceneError(f"{what} cannot be made: {blocking} is a file, not a folder", path)
     return path
 
 

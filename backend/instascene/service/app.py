@@ -27,7 +27,7 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import InstaSceneError
-from ..io.atomic import atomic_write
+from ..io.atomic import atomic_write, file_in_the_way
 from . import jobs
 from .capabilities import capabilities
 from .security import JSON_BODY_LIMIT, DataRoots, Guard, PathRejected, _too_large
@@ -225,9 +225,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
             if not scene.exists():
                 raise HTTPException(404, f"scene not found: {req.scene}")
         run = roots.resolve(req.run, "run folder")
-        if run.exists() and not run.is_dir():
+        blocking = file_in_the_way(run)
+        if blocking == run:
             raise HTTPException(400, f"run folder {req.run!r} exists and is not a folder")
-        blocking = next((p for p in run.parents if p.exists() and not p.is_dir()), None)
         if blocking is not None:
             raise HTTPException(400, f"run folder {req.run!r} cannot be made: {blocking.name} is a file, not a folder")
         if run in roots.roots:
@@ -239,8 +239,6 @@ def create_app(config: ServiceConfig) -> FastAPI:
         options = dict(req.options)
         for key in MODEL_FOLDER_OPTIONS:  # a model is loaded only from inside the data roots
             if options.get(key) is not None:
-                if not isinstance(options[key], str):
-                    raise HTTPException(422, f"invalid request: options.{key}: a folder path (text) is expected")
                 folder = roots.resolve(options[key], f"options.{key}")
                 if not folder.is_dir():
                     raise HTTPException(404, f"options.{key}: no such folder inside the data roots: {options[key]}")
@@ -323,7 +321,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                      "(they are never listed or served); choose another name")
         if real in roots.roots or real.is_dir():
             raise HTTPException(409, f"{path!r} is a folder; name a file")
-        blocking = next((p for p in real.parents if p.exists() and not p.is_dir()), None)
+        blocking = file_in_the_way(real.parent)
         if blocking is not None:
             raise HTTPException(409, f"cannot write {path!r}: {blocking} is a file, not a folder")
         size = 0

@@ -22,6 +22,7 @@ import stat
 from pathlib import Path
 
 from ..errors import InstaSceneError
+from ..io.atomic import NAME_MAX, overlong_name
 
 JSON_BODY_LIMIT = 64 * 1024
 OPEN_PATHS = frozenset({"/health"})
@@ -81,9 +82,6 @@ class PathRejected(Exception):
         self.status = status
 
 
-NAME_MAX = 255  # bytes per file name on every file system the service runs on
-
-
 class DataRoots:
     """The folders the service may read and write. A request path is absolute, or
     relative to the first root; either way it must resolve to a place inside a root."""
@@ -117,9 +115,9 @@ class DataRoots:
             raw.encode("utf-8")
         except UnicodeEncodeError:
             raise PathRejected(400, f"{what} is not valid Unicode text") from None
-        long = [part for part in p.parts if len(part.encode("utf-8")) > NAME_MAX]
+        long = overlong_name(p)
         if long:
-            raise PathRejected(400, f"{what}: the name {long[0][:40]!r}… is longer than {NAME_MAX} bytes")
+            raise PathRejected(400, f"{what}: the name {long[:40]!r}… is longer than {NAME_MAX} bytes")
         if not p.is_absolute():
             p = self.roots[0] / p
         try:
