@@ -35,8 +35,8 @@ def test_tsdf_mesh_of_a_sphere_is_closed_and_right():
 
     center, r = np.array([0.2, -0.1, 0.5]), 0.3
     cams = ring_cameras(center, 1.2, 12, 30, 96, 96, 50) + ring_cameras(center, 1.2, 6, -40, 96, 96, 50)
-    depth, _, alpha = zip(*(sphere_hits(c, center, r) for c in cams))
-    grid, tsdf = fuse_tsdf(cams, np.stack(depth), np.stack(alpha), center - r, center + r, None, MeshParams(resolution=48))
+    depth = [sphere_hits(c, center, r)[0] for c in cams]
+    grid, tsdf = fuse_tsdf(cams, np.stack(depth), center - r, center + r, None, MeshParams(resolution=48))
     verts, faces = extract_mesh(grid, tsdf)
     import trimesh
 
@@ -56,17 +56,16 @@ def test_depth_seen_through_a_thin_rim_does_not_tunnel_the_mesh():
     center, r = np.array([0.0, 0.0, 0.3]), 0.2
     cams = ring_cameras(center, 0.9, 16, 30, 96, 96, 50)
     rng = np.random.default_rng(0)
-    depth, alpha = [], []
+    depth = []
     for c in cams:
         near, far, cover = sphere_hits(c, center, r)
         rim = (cover > 0) & (far - near > 0.2 * r) & (far - near < 0.8 * r) & (rng.random(near.shape) < 0.3)
         depth.append(np.where(rim, far, near))
-        alpha.append(cover)
-    depth, alpha = np.stack(depth), np.stack(alpha)
+    depth = np.stack(depth)
     import trimesh
 
     def mesh(p):
-        grid, tsdf = fuse_tsdf(cams, depth, alpha, center - r, center + r, None, p)
+        grid, tsdf = fuse_tsdf(cams, depth, center - r, center + r, None, p)
         return trimesh.Trimesh(*extract_mesh(grid, tsdf), process=False), grid
 
     m, grid = mesh(MeshParams(resolution=48))
@@ -187,6 +186,75 @@ def test_disc_alpha_is_the_opacity_the_discs_give_a_point():
     assert a == pytest.approx([0.5 * np.exp(-0.5), 0.5 * np.exp(-0.5), 0.0, 0.5 * np.exp(-4.5)], abs=1e-6)
     two = discs([[0, 0, 0], [0, 0, 0.001]], [0.01, 0.01], 0.5)
     assert disc_alpha(two, np.zeros((1, 3)), depth=0.01)[0] == pytest.approx(0.75, abs=1e-6)
+
+
+def _grid_discs(z: float, half: float, spacing: float, opacity: float):
+    """A square of discs facing +z (a regular grid `spacing` apart) at height z."""
+    from instascene.io.splats import Splats
+
+    g = np.arange(-half, half + 1e-9, spacing)
+    xy = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    n = len(xy)
+    return Splats(np.c_[xy, np.full(n, z)].astype(np.float32), np.tile(np.float32([1, 0, 0, 0]), (n, 1)),
+                  np.full((n, 2), np.log(0.6 * spacing), np.float32), np.full(n, np.log(opacity / (1 - opacity)), np.float32),
+                  np.zeros((n, 3), np.float32), np.zeros((n, 0, 3), np.float32))
+
+
+def test_the_surface_depth_is_the_first_surface_not_what_shows_through_it():
+    """A faint front layer (the gaps of sparse splats) over an opaque back one: T crosses
+    0.5 on the back layer, but inside the silhouette the surface is the front one (the
+    mesh of a ball must not take its inside for its surface); at the rim, the back."""
+    from instascene.complete.ring import view_caches
+    from instascene.complete.shape import concat_splats
+    from instascene.io.cameras import Camera, intrinsics, look_at
+
+    front, back = _grid_discs(0.0, 0.02, 0.005, 0.15), _grid_discs(-0.05, 0.08, 0.005, 0.99)
+    cam = Camera("top", 64, 64, intrinsics(400.0, 400.0, 32.0, 32.0), look_at(np.array([0, 0, 0.5]), np.zeros(3), (0, 1, 0)))
+    _, _, depth = view_caches(concat_splats(front, back), [cam])
+    row = depth[0, 32]
+    assert row[32] == pytest.approx(0.5, abs=0.002)  # the front layer, 0.5 from the camera
+    assert ((row > 0.499) & (row < 0.501)).sum() >= 30  # ... across its silhouette
+    assert row[[0, 2, 62]] == pytest.approx([0.55] * 3, abs=0.002)  # beside it: the back layer
+
+
+def test_a_ray_through_the_gaps_of_an_objects_front_does_not_hollow_it():
+    """Carving: inside the object's silhouette, free space ends at the first surface the
+    ray meets, even where T crosses 0.5 on the object's back or on the table behind it
+    (the splats' gaps). A solid ball stays solid; beside it space is still carved."""
+    from instascene.complete.evidence import Grid, SceneEvidence, carve
+
+    center, r = np.array([0.0, 0.0, 0.3]), 0.2
+    cams = ring_cameras(center, 0.9, 16, 30, 96, 96, 50) + ring_cameras(center, 0.9, 6, -20, 96, 96, 50)
+    rng = np.random.default_rng(0)
+    depth, label, first, first_label = [], [], [], []
+    for c in cams:
+        near, far, cover = sphere_hits(c, center, r)
+        hit = cover > 0
+        gap = hit & (rng.random(near.shape) < 0.3)  # through the front: the back side or the wall behind
+        behind = np.where(rng.random(near.shape) < 0.5, far, 5.0)
+        depth.append(np.where(gap, behind, np.where(hit, near, 5.0)).astype(np.float32))
+        label.append(np.where(hit & ~(gap & (behind == 5.0)), 1, -1).astype(np.int32))
+        first.append(np.where(hit, near, 5.0).astype(np.float32))
+        first_label.append(np.where(hit, 1, -1).astype(np.int32))
+    ev = SceneEvidence(cams, depth, label, first, first_label)
+    grid = Grid.around(center - 1.3 * r, center + 1.3 * r, 40)
+    free = carve(ev, 1, grid, grid.size).free.reshape(-1)
+    dist = np.linalg.norm(grid.centers() - center, axis=1)
+    assert (free[dist < 0.8 * r] == 0).all()
+    assert (free[dist > 1.15 * r] > 0).mean() > 0.95
+
+
+def test_the_mesh_is_closed_where_truncated_distances_tie():
+    """Truncated distances of +1 and -1 average to exactly the level, and checkerboards of
+    ±1 are ties for marching cubes: without care, edges of four faces (not watertight)."""
+    from instascene.complete.evidence import Grid
+    from instascene.complete.mesh import Mesh, extract_mesh
+
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        vol = rng.choice([-1.0, 0.0, 1.0], size=(12, 12, 12), p=[0.4, 0.2, 0.4])
+        verts, faces = extract_mesh(Grid(np.zeros(3), 1.0, vol.shape), vol)
+        assert len(faces) and Mesh(verts, faces, None).is_watertight
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 NOTHING = -2  # label of a pixel where nothing crosses T = 0.5
+
+
+FIRST_T = 0.9  # the first surface: where transmittance drops below this
+RIM_PX = 2  # inside a silhouette this far, the first surface bounds free space (inside_rim)
 
 
 @dataclass
@@ -30,30 +35,41 @@ class SceneEvidence:
     cameras: list  # io.cameras.Camera
     depth: list[np.ndarray]  # [H, W] float32 camera z of the visible surface, inf where empty
     label: list[np.ndarray]  # [H, W] int32 instance of the visible surface, -1 background, NOTHING empty
+    first_depth: list[np.ndarray]  # [H, W] float32 camera z of the first surface the ray meets, inf where none
+    first_label: list[np.ndarray]  # [H, W] int32 its instance
 
 
 def scene_evidence(splats, labels: np.ndarray, cameras, device: str = "cpu", progress=None) -> SceneEvidence:
-    """Rasterize every real camera once: visible depth and instance per pixel."""
+    """Rasterize every real camera once: per pixel, depth and instance of the visible
+    surface (where T crosses 0.5) and of the first surface (where T drops below FIRST_T).
+
+    The two differ where the splats are sparse: a ray that slips through the gaps of an
+    object's front surface crosses T = 0.5 on its back side, or on what lies behind. Such
+    a depth is right for the picture but says nothing about free space in front of it:
+    carving the object's inside with it hollows a ball into a shell."""
     from ..render import Gaussians, View
     from ..render.rasterize import selection_mask, view_fragments
 
     g = Gaussians.from_splats(splats, device=device)
     lab = torch.as_tensor(labels, dtype=torch.int64, device=device)
-    depths, maps = [], []
+    out = {"depth": [], "label": [], "first_depth": [], "first_label": []}
     for i, cam in enumerate(cameras):
         n = cam.width * cam.height
-        depth = torch.full((n,), float("inf"), device=device)
-        label = torch.full((n,), NOTHING, dtype=torch.int64, device=device)
+        maps = {"depth": torch.full((n,), float("inf"), device=device),
+                "label": torch.full((n,), NOTHING, dtype=torch.int64, device=device)}
+        maps["first_depth"], maps["first_label"] = maps["depth"].clone(), maps["label"].clone()
         with torch.no_grad():
             for _, fr in view_fragments(g, View.from_camera(cam, device=device)):
-                keep = selection_mask("crossing", fr.transmittance, fr.weight)
-                depth[fr.pixel[keep]] = fr.depth[keep].float()
-                label[fr.pixel[keep]] = lab[fr.gaussian[keep]]
-        depths.append(depth.reshape(cam.height, cam.width).cpu().numpy())
-        maps.append(label.reshape(cam.height, cam.width).int().cpu().numpy())
+                T, w = fr.transmittance, fr.weight
+                for key, keep in (("", selection_mask("crossing", T, w)), ("first_", (T > FIRST_T) & (T - w <= FIRST_T))):
+                    maps[key + "depth"][fr.pixel[keep]] = fr.depth[keep].float()
+                    maps[key + "label"][fr.pixel[keep]] = lab[fr.gaussian[keep]]
+        for key, m in maps.items():
+            m = m.reshape(cam.height, cam.width).cpu()
+            out[key].append(m.numpy() if m.dtype == torch.float32 else m.int().numpy())
         if progress:
             progress(i + 1, len(cameras), cam.name)
-    return SceneEvidence(list(cameras), depths, maps)
+    return SceneEvidence(list(cameras), **out)
 
 
 @dataclass
@@ -107,29 +123,44 @@ def in_frame(cam, u: np.ndarray, v: np.ndarray, z: np.ndarray) -> np.ndarray:
     return (z > 1e-6) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
 
 
-def carve(ev: SceneEvidence, instance: int, grid: Grid, margin: float) -> Carving:
-    """Count, per voxel, the cameras that show free space through it (the visible surface
-    lies more than `margin` behind it, the pixel is empty, or another surface than this
+def carve(ev: SceneEvidence, instance: int, grid: Grid, margin: float, rim_px: int = RIM_PX) -> Carving:
+    """Count, per voxel, the cameras that show free space through it (the surface lies
+    more than `margin` behind it — inside the instance's silhouette its first surface,
+    elsewhere the visible one —, the pixel is empty, or another surface than this
     instance's is seen within `margin` of it) and those that show this instance's own
-    surface within `margin` of it. Voxels hidden behind anything get no vote."""
+    visible surface within `margin` of it. Voxels hidden behind anything get no vote."""
     pts = grid.centers()
     free = np.zeros(len(pts), np.int16)
     surf = np.zeros(len(pts), np.int16)
     seen = np.zeros(len(pts), np.int16)
-    for cam, depth, label in zip(ev.cameras, ev.depth, ev.label):
+    for cam, depth, label, first, first_label in zip(ev.cameras, ev.depth, ev.label, ev.first_depth,
+                                                     ev.first_label):
         u, v, z = project(cam, pts)
         ok = in_frame(cam, u, v, z)
         idx = np.flatnonzero(ok)
-        d = depth[v[idx], u[idx]]
-        lab = label[v[idx], u[idx]]
+        vi, ui = v[idx], u[idx]
+        d, lab = depth[vi, ui], label[vi, ui]
+        own = lab == instance
+        front = inside_rim(first_label == instance, rim_px)[vi, ui]
+        d_free = np.where(front, first[vi, ui], d)
         seen[idx] += 1
         zi = z[idx]
-        # free: the visible surface lies behind the voxel, or something else is seen right
-        # at it (the table under an object's edge would otherwise never carve that layer)
-        free[idx[(zi < d - margin) | ((lab != instance) & (d >= zi - margin))]] += 1
-        surf[idx[(np.abs(z[idx] - d) <= margin) & (lab == instance)]] += 1
+        # free: the surface lies behind the voxel, or something else is seen right at it
+        # (the table under an object's edge would otherwise never carve that layer)
+        free[idx[(zi < d_free - margin) | (~own & ~front & (d >= zi - margin))]] += 1
+        surf[idx[(np.abs(zi - d) <= margin) & own]] += 1
     sh = grid.shape
     return Carving(grid, free.reshape(sh), surf.reshape(sh), seen.reshape(sh))
+
+
+def inside_rim(body: np.ndarray, rim_px: int = RIM_PX) -> np.ndarray:
+    """The pixels of a silhouette (bool [..., H, W]) at least `rim_px` inside its rim.
+    There a ray that met the object's first surface says nothing about what lies behind
+    it, whatever it crossed T = 0.5 on (splats leave gaps); at the rim the discs' soft
+    edges are met first and the visible surface behind them is right."""
+    if body.ndim == 2:
+        return ndimage.binary_erosion(body, iterations=rim_px)
+    return np.stack([inside_rim(b, rim_px) for b in body])
 
 
 def views_through(ev: SceneEvidence, points: np.ndarray, tol: float) -> np.ndarray:

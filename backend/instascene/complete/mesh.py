@@ -43,10 +43,10 @@ class Mesh:
         return bool(len(self.faces)) and bool(np.all(counts == 2))
 
 
-def fuse_tsdf(cameras, depth: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray, plane,
+def fuse_tsdf(cameras, depth: np.ndarray, lo: np.ndarray, hi: np.ndarray, plane,
               p: MeshParams, prior: tuple[Grid, np.ndarray] | None = None) -> tuple[Grid, np.ndarray]:
     """Signed distance (in truncation units, + outside) on a grid over [lo, hi], from
-    per-view camera-z depth maps (0 = no surface) and coverage. Voxels no view reaches
+    per-view camera-z depth maps (0 = no surface: the ray meets nothing). Voxels no view reaches
     (an object's underside, seen from a ring above the table) take their side from
     `prior`, an occupancy grid (the closed shape), else count as inside."""
     ext = hi - lo
@@ -57,14 +57,15 @@ def fuse_tsdf(cameras, depth: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi:
     acc = np.zeros(len(pts))
     wsum = np.zeros(len(pts))
     carved = np.zeros(len(pts), bool)
-    for cam, d_map, a_map in zip(cameras, depth, alpha):
+    for cam, d_map in zip(cameras, depth):
+        a_map = d_map > 0
         if p.edge_voxels > 0:
             d_map = np.where(depth_range(d_map) > p.edge_voxels * grid.size, 0.0, d_map)
         u, v, z = project(cam, pts)
         ok = in_frame(cam, u, v, z)
         idx = np.flatnonzero(ok)
         d = d_map[v[idx], u[idx]]
-        hit = a_map[v[idx], u[idx]] > 0.5
+        hit = a_map[v[idx], u[idx]]
         carved[idx[~hit]] = True  # the ray through this voxel meets nothing
         sdf = d - z[idx]
         near = hit & (sdf > -trunc)
@@ -109,10 +110,23 @@ def extract_mesh(grid: Grid, tsdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keep = sizes >= 0.1 * sizes.max()
     vol = np.where(keep[comp], tsdf, np.maximum(tsdf, 1e-3))
     vol = np.pad(vol, 1, constant_values=1.0)
+    vol[vol == 0] = 1e-6  # truncated distances of +1 and -1 average to exactly the level: outside
     # skimage's default winding, for values rising outwards, faces the outside
     verts, faces, _, _ = marching_cubes(vol.astype(np.float32), 0.0)
     verts = grid.origin + (verts - 1 + 0.5) * grid.size
-    return verts, faces.astype(np.int64)
+    return drop_sheets(verts, faces.astype(np.int64))
+
+
+def drop_sheets(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Without the faces marching cubes emits twice, once per winding: a sheet of no
+    thickness where the field touches the level without crossing it. Their edges carry
+    four faces, and the mesh would not be a closed surface."""
+    _, inv, count = np.unique(np.sort(faces, axis=1), axis=0, return_inverse=True, return_counts=True)
+    faces = faces[count[inv.ravel()] == 1]
+    used = np.zeros(len(verts), bool)
+    used[faces.ravel()] = True
+    remap = np.cumsum(used) - 1
+    return verts[used], remap[faces]
 
 
 def vertex_colors(vertices: np.ndarray, means: np.ndarray, colors: np.ndarray, k: int = 4) -> np.ndarray:

@@ -302,7 +302,7 @@ def complete_instance(scene, splats, labels, ev: SceneEvidence, plane, k: int, g
     write_ply(run / "instances" / str(k) / "completed.ply", full)
 
     progress("mesh")
-    grid, tsdf = fuse_tsdf(ring, R.depth, R.alpha, lo, hi, plane, p.mesh, prior=(shp.grid, shp.occupancy))
+    grid, tsdf = fuse_tsdf(ring, R.depth, lo, hi, plane, p.mesh, prior=(shp.grid, shp.occupancy))
     verts, faces = extract_mesh(grid, tsdf)
     if len(faces) == 0:
         raise InstaSceneError(f"instance {k}: the fused mesh is empty (no depth fell inside the object's grid)")

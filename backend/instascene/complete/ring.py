@@ -57,20 +57,23 @@ class RingRenders:
 
     rgb: np.ndarray  # white background
     alpha: np.ndarray
-    depth: np.ndarray  # camera z of the median ray-splat intersection; 0 where alpha < 0.5
+    depth: np.ndarray  # camera z of the surface (view_caches); 0 where there is none
     normals: np.ndarray  # world, unit where covered
     observed: np.ndarray  # share of the pixel's weight coming from observed Gaussians
 
 
 def view_caches(splats, cameras, device: str = "cpu"):
     """(Gaussians, ContributionCache, depth [V, H, W]) of `splats` seen by `cameras`: one
-    rasterization per view gives the cache and the median depth: the ray-splat
-    intersection depth (exact at grazing angles, unlike centre depths) of the surfel
-    where transmittance crosses 0.5, as 2DGS meshes bounded objects, 0 where nothing
-    does. The blended (mean) depth would be pulled towards the far side of a closed
-    object by whatever light the front surface lets through."""
+    rasterization per view gives the cache and the surface depth, 0 where there is none:
+    the ray-splat intersection depth (exact at grazing angles, unlike centre depths) of
+    the surfel where transmittance crosses 0.5, as 2DGS meshes bounded objects — but
+    inside the silhouette, the first surface the ray meets (evidence.inside_rim). The
+    blended (mean) depth, or the median where the front surface leaves gaps, would put
+    the surface on whatever lies behind it: the far side of a closed object, or new
+    surfels inside it."""
     from ..render import ContributionCache, Contributions, Gaussians, View
     from ..render.rasterize import selection_mask, view_fragments
+    from .evidence import FIRST_T, inside_rim
 
     g = Gaussians.from_splats(splats, device=device)
     views = [View.from_camera(c, device=device) for c in cameras]
@@ -78,15 +81,20 @@ def view_caches(splats, cameras, device: str = "cpu"):
     for v in views:
         parts = []
         median = torch.zeros(v.width * v.height, dtype=torch.float32, device=device)
+        first = median.clone()
         with torch.no_grad():
             for _, fr in view_fragments(g, v):
-                parts.append((fr.pixel, fr.gaussian, fr.transmittance, fr.weight))
-                cross = selection_mask("crossing", fr.transmittance, fr.weight)
+                T, w = fr.transmittance, fr.weight
+                parts.append((fr.pixel, fr.gaussian, T, w))
+                cross = selection_mask("crossing", T, w)
                 median[fr.pixel[cross]] = fr.depth[cross].float()
+                meet = (T > FIRST_T) & (T - w <= FIRST_T)
+                first[fr.pixel[meet]] = fr.depth[meet].float()
         pix, gid, T, w = (torch.cat(x) for x in zip(*parts))
         contribs.append(Contributions(v.width, v.height, len(g), pix, gid, T, w))
-        depths.append(median.reshape(v.height, v.width))
-    depth = torch.stack(depths).cpu().numpy() if depths else np.zeros((0, 1, 1), np.float32)
+        median, first = (x.reshape(v.height, v.width).cpu().numpy() for x in (median, first))
+        depths.append(np.where(inside_rim(first > 0), first, median))
+    depth = np.stack(depths) if depths else np.zeros((0, 1, 1), np.float32)
     return g, ContributionCache.from_contributions(views, contribs), depth
 
 
@@ -108,7 +116,7 @@ def render_cached(g, cache, cameras, depth: np.ndarray, colors: torch.Tensor, is
         safe = np.maximum(a, 1e-8)
         out["rgb"].append(np.clip(r[..., :3] + (1 - a[..., None]), 0, 1))
         out["alpha"].append(a)
-        out["depth"].append(np.where(cov, depth[i], 0.0))
+        out["depth"].append(depth[i])
         nn = r[..., 4:7]
         out["normals"].append(nn / np.maximum(np.linalg.norm(nn, axis=-1, keepdims=True), 1e-8))
         out["observed"].append(np.where(a > 1e-6, r[..., 7] / safe, 0.0))
