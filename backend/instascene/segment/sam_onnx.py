@@ -9,7 +9,7 @@ Why not SAM's automatic generator: its 32x32 prompt grid is 1024 decoder calls p
 minutes on a CPU, and most of them re-find the same large masks. `auto_masks` prompts
 where no accepted mask explains the pixels yet (the centre of the largest uncovered disc),
 never on a rendered depth edge, and stops when the image is covered or a call budget is
-spent: some 20-60 calls. InstaScene needs one flat label map per view whose masks do not
+spent, or when a dozen prompts in a row found nothing new: some 15-50 calls. InstaScene needs one flat label map per view whose masks do not
 cross objects; a mask that does cross a depth discontinuity keeps only the side its
 prompt is on (the other side gets its own prompt).
 """
@@ -135,6 +135,7 @@ class SamOnnx:
 @dataclass
 class AutoMaskParams:
     max_calls: int = 48  # decoder calls per image (the time budget)
+    patience: int = 12  # ... and stop after this many calls in a row found nothing new
     coverage: float = 0.97  # stop when this fraction of the promptable pixels is covered
     min_gap_frac: float = 0.012  # ... or when no uncovered disc is wider than this x the long side
     pred_iou_thresh: float = 0.75
@@ -209,9 +210,10 @@ def auto_masks(sam: SamOnnx, image: np.ndarray, depth: np.ndarray | None = None,
     yy, xx = np.mgrid[:gh, :gw]
     emb = sam.embed(image)
     kept: list[np.ndarray] = []
-    calls, refining = 0, False
+    prompts: list[list[float]] = []  # the prompt that found each kept mask
+    calls, misses, refining = 0, 0, False
     min_px = max(1, int(round(p.min_area_frac * h * w)))
-    while calls < p.max_calls:
+    while calls < p.max_calls and misses < p.patience:
         open_ = ~blocked & ~tried & ~borders
         if not refining:
             uncovered = ~covered[rows[:, None], cols[None, :]] & ~blocked
@@ -227,9 +229,12 @@ def auto_masks(sam: SamOnnx, image: np.ndarray, depth: np.ndarray | None = None,
             refining = True  # the uncovered gaps are too small: look for parts inside the masks
             continue
         y, x = int(rows[r]), int(cols[c])
-        logits, iou = sam.decode(emb, [[x + 0.5, y + 0.5]], [1], (h, w))
+        # inside kept masks, their own prompts are negatives: ask for a part, not the whole again
+        neg = [q for q, k in zip(prompts, kept) if k[y, x]][-3:]
+        logits, iou = sam.decode(emb, [[x + 0.5, y + 0.5], *neg], [1] + [0] * len(neg), (h, w))
         calls += 1
         tried |= (yy - r) ** 2 + (xx - c) ** 2 <= max(1.0, 0.5 * dist[r, c]) ** 2
+        misses += 1
         for lg, score in zip(logits, iou):
             if score < p.pred_iou_thresh or _stability(lg, p.stability_offset) < p.stability_thresh:
                 continue
@@ -242,6 +247,8 @@ def auto_masks(sam: SamOnnx, image: np.ndarray, depth: np.ndarray | None = None,
             if any(np.count_nonzero(m & k) > p.dedup_iou * np.count_nonzero(m | k) for k in kept):
                 continue
             kept.append(m)
+            prompts.append([x + 0.5, y + 0.5])
+            misses = 0
             covered |= m
             g = m[rows[:, None], cols[None, :]]
             borders[:, 1:] |= g[:, 1:] != g[:, :-1]
