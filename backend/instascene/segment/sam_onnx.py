@@ -135,6 +135,7 @@ class SamOnnx:
 @dataclass
 class AutoMaskParams:
     max_calls: int = 48  # decoder calls per image (the time budget)
+    negatives: int = 4  # kept masks' prompts given as negative points with each new prompt
     patience: int = 12  # ... and stop after this many calls in a row found nothing new
     coverage: float = 0.97  # stop when this fraction of the promptable pixels is covered
     min_gap_frac: float = 0.012  # ... or when no uncovered disc is wider than this x the long side
@@ -166,6 +167,18 @@ def depth_edges(depth: np.ndarray, rel: float) -> np.ndarray:
 
 def _stability(logits: np.ndarray, offset: float) -> float:
     return float(np.count_nonzero(logits > offset)) / max(1, int(np.count_nonzero(logits > -offset)))
+
+
+def _negatives(prompts, kept, x: int, y: int, n: int) -> list:
+    """Negative points for a prompt at (x, y): the prompts of the kept masks that contain it
+    (ask for a part, not the whole again), then those nearest (do not swallow a neighbour
+    already found); at most n."""
+    if not prompts or n < 1:
+        return []
+    q = np.asarray(prompts)
+    inside = np.array([k[y, x] for k in kept])
+    order = np.lexsort((np.hypot(q[:, 0] - x, q[:, 1] - y), ~inside))
+    return q[order[:n]].tolist()
 
 
 def auto_masks(sam: SamOnnx, image: np.ndarray, depth: np.ndarray | None = None,
@@ -229,8 +242,7 @@ def auto_masks(sam: SamOnnx, image: np.ndarray, depth: np.ndarray | None = None,
             refining = True  # the uncovered gaps are too small: look for parts inside the masks
             continue
         y, x = int(rows[r]), int(cols[c])
-        # inside kept masks, their own prompts are negatives: ask for a part, not the whole again
-        neg = [q for q, k in zip(prompts, kept) if k[y, x]][-3:]
+        neg = _negatives(prompts, kept, x, y, p.negatives)
         logits, iou = sam.decode(emb, [[x + 0.5, y + 0.5], *neg], [1] + [0] * len(neg), (h, w))
         calls += 1
         tried |= (yy - r) ** 2 + (xx - c) ** 2 <= max(1.0, 0.5 * dist[r, c]) ** 2
