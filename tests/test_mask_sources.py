@@ -79,11 +79,11 @@ def test_auto_masks_respect_depth_edges(sam):
 
 def test_sam_label_maps_several_images(sam_dir):
     photos = list(_photos().values())[:2]
-    a = sam_label_maps(photos, sam_dir, params=AutoMaskParams(max_calls=6))
-    b = sam_label_maps(photos, str(sam_dir), params=AutoMaskParams(max_calls=6))
-    for x, y, im in zip(a, b, photos):
+    a = sam_label_maps(photos, sam_dir, params=AutoMaskParams(max_calls=4))
+    (b,) = sam_label_maps(photos[:1], str(sam_dir), params=AutoMaskParams(max_calls=4))
+    for x, im in zip(a, photos):
         _check_flat(x, im.shape[:2])
-        np.testing.assert_array_equal(x, y)  # deterministic
+    np.testing.assert_array_equal(a[0], b)  # deterministic
     with pytest.raises(InstaSceneError, match="depth maps"):
         sam_label_maps(photos, sam_dir, depths=[None])
 
