@@ -265,8 +265,9 @@ def auto_masks(sam: SamOnnx, image: np.ndarray, depth: np.ndarray | None = None,
             if score < p.pred_iou_thresh or _stability(lg, p.stability_offset) < p.stability_thresh:
                 continue
             m = _clean(lg > 0, min_px)
-            if edges is not None and comp[y, x] > 0:
-                m &= comp == comp[y, x]  # the side of every depth edge the prompt is on
+            if edges is not None and comp[y, x] > 0:  # the side of every depth edge the prompt is on,
+                side = m & (comp == comp[y, x])  # with the edge pixels along it (else they are holes)
+                m = side | (m & edges & ndimage.binary_dilation(side, iterations=2))
             area = int(np.count_nonzero(m))
             if area < min_px or area > p.max_area_frac * h * w or not m[y, x]:
                 continue
