@@ -245,6 +245,8 @@ def auto_masks(sam: SamOnnx, image: np.ndarray, depth: np.ndarray | None = None,
         if not refining:
             uncovered = ~covered[rows[:, None], cols[None, :]] & ~blocked
             refining = np.count_nonzero(uncovered) <= (1 - p.coverage) * promptable
+            if refining and not p.refine:
+                break
             if not refining:
                 open_ &= uncovered
         dist = ndimage.distance_transform_edt(np.pad(open_, 1))[1:-1, 1:-1]

@@ -55,7 +55,7 @@ def view_pixels(scene, cams, g, views, with_depth: bool = True):
 
 
 def write_scene_masks(scene_path, sam_dir=None, max_views: int = MAX_VIEWS, force: bool = False,
-                      quiet: bool = False) -> dict:
+                      quiet: bool = False, params=None) -> dict:
     """`instascene masks`: SAM label maps for a spread subset of the scene's views, written
     to `sam/mask/<stem>.png` one by one (each whole or not at all). Existing masks are kept
     unless `force`; then masks of views not redone are removed at the end, so the folder
@@ -90,7 +90,7 @@ def write_scene_masks(scene_path, sam_dir=None, max_views: int = MAX_VIEWS, forc
         c = cams[i]
         t = time.perf_counter()
         (image,), (depth,) = view_pixels(scene, [c], g, [View.from_camera(c, device="cpu")])
-        labels = auto_masks(sam, image, depth)
+        labels = auto_masks(sam, image, depth, params)
         seconds.append(time.perf_counter() - t)
         path = mask_dir / f"{c.name}.png"
         write_label_map(path, labels)
