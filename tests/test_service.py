@@ -307,11 +307,11 @@ def test_bad_requests(server, data, tmp_path):
     assert r.status_code == 200 and len(r.json()["jobs"]) == n_jobs
     assert server.wait(server.submit("validate", "small", "runs/after-surrogate"))["state"] == "done"
     # a model folder is loaded only from inside the data roots; outside, existing or not, says nothing more
-    for kind in ("segment", "complete"):
+    for kind, key in (("segment", "sam_weights"), ("complete", "weights"), ("run", "sam_weights")):
         for weights, code, words in (("/etc", 403, "outside the data roots"), ("/no/such", 403, "outside the data roots"),
                                      ("nowhere", 404, "no such folder"), (5, 422, "folder path")):
             r = server.client.post("/jobs", json={"kind": kind, "scene": "small", "run": "runs/w",
-                                                  "options": {"weights": weights}})
+                                                  "options": {key: weights}})
             assert r.status_code == code and words in r.json()["detail"], (kind, weights, r.text)
             assert "config.json" not in r.text
     # options are checked before a job exists: 422 naming the option (issue 20, item 5)

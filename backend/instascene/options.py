@@ -108,11 +108,12 @@ def instances(value) -> list[int] | None:
 
 def split(kind: str, options: dict) -> dict:
     """Every option of a segment / complete / run job, checked: {"segment": SegmentParams,
-    "complete": CompleteParams, "device", "weights", "sam_weights", "generator", "instances"}."""
+    "complete": CompleteParams, "device", "weights", "sam_weights", "generator", "instances"};
+    "sam_weights" is a SAM ONNX model folder (segment and run; default: the installed model)."""
     options = dict(options or {})
     out = {"device": device(options.pop("device", None) or "auto")}
     if kind == "segment":
-        out["weights"] = folder("weights", options.pop("weights", None))
+        out["sam_weights"] = folder("sam_weights", options.pop("sam_weights", None))
         out["segment"] = segment_params(options)
         return out
     from .complete.pipeline import GENERATORS

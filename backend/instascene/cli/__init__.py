@@ -8,9 +8,9 @@ import argparse
 import sys
 
 from ..errors import InstaSceneError
-from . import bench, complete, demo, eval, info, query, run, segment, serve, synth
+from . import bench, complete, demo, eval, info, masks, models, query, run, segment, serve, synth
 
-COMMANDS = (info, synth, segment, complete, run, query, eval, serve, bench, demo)
+COMMANDS = (info, synth, masks, segment, complete, run, query, eval, serve, bench, demo, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

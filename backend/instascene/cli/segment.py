@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("segment", help="segment a scene into instances (writes a run folder)")
@@ -11,8 +13,10 @@ def add_parser(sub) -> None:
     p.add_argument("--iterations", type=int, default=None, help="feature-field steps (default 1000)")
     p.add_argument("--criterion", choices=["transmittance", "crossing", "weight"], default=None,
                    help="pairs that make a mask's Gaussian set for association (default: crossing)")
-    p.add_argument("--weights", default=None,
-                   help="local SAM weights folder (transformers layout), used when the scene has no sam/mask")
+    p.add_argument("--sam", default=None, metavar="DIR",
+                   help="SAM ONNX model folder (encoder.onnx + decoder.onnx or sam.onnx), used when the scene has no "
+                   "sam/mask (default: the model set-up installed, see `instascene models`)")
+    p.add_argument("--weights", dest="sam", default=None, help=argparse.SUPPRESS)  # the former name of --sam
     p.add_argument("--labels-from", default=None, metavar="SCENE/gt",
                    help="write the run from the scene's ground-truth labels instead of segmenting (an oracle "
                    "segmentation, to measure completion on its own)")
@@ -29,6 +33,6 @@ def run(args) -> int:
         print(json.dumps(oracle_run(args.scene, args.out, args.labels_from), indent=2))
         return 0
     params = segment_params({"iterations": args.iterations, "criterion": args.criterion})
-    summary = segment_scene(args.scene, args.out, params, device=args.device, weights=args.weights)
+    summary = segment_scene(args.scene, args.out, params, device=args.device, sam=args.sam)
     print(json.dumps(summary, indent=2))
     return 0

@@ -24,7 +24,7 @@ def segment_and_complete(scene, run, options, progress):
     o = split("run", options)
     half = lambda offset: (lambda f, stage, msg="": progress(offset + 0.5 * f, stage, msg))  # noqa: E731
     seg = segment_scene(scene, run, o["segment"], device=o["device"], report=half(0.0), quiet=True,
-                        weights=o["sam_weights"])
+                        sam=o["sam_weights"])
     comp = complete_run(run, o["instances"], o["generator"], o["weights"], o["complete"], device=o["device"],
                         report=half(0.5), quiet=True)
     return {"segment": seg, "complete": comp}

@@ -10,4 +10,4 @@ def run(scene, run, options, progress):
 
     o = split("segment", options)
     return segment_scene(scene, run, o["segment"], device=o["device"], report=progress, quiet=True,
-                         weights=o["weights"])
+                         sam=o["sam_weights"])

@@ -79,7 +79,7 @@ class Stages:
 
 
 def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, device: str = "auto",
-                  report=None, quiet: bool = False, weights: str | None = None) -> dict:
+                  report=None, quiet: bool = False, sam: str | None = None) -> dict:
     import torch
 
     params = params or SegmentParams()
@@ -96,7 +96,7 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     st = Stages(report, quiet)
     g = Gaussians.from_splats(splats, device=dev)
     views = [View.from_camera(c, device=dev) for c in cams]
-    mask_source, mask_why, label_maps = _label_maps(scene, cams, g, views, weights, quiet)
+    mask_source, mask_why, label_maps = _label_maps(scene, cams, g, views, sam, quiet)
     if params.surfel_px:
         cams = working_cameras(splats, cams, params.surfel_px)
         views = [View.from_camera(c, device=dev) for c in cams]
@@ -201,29 +201,31 @@ def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
-def _label_maps(scene, cams, g, views, weights, quiet):
-    """The 2D masks to segment with: the scene's sam/mask, else SAM from a local weights
-    folder, else the weight-free fallback (colour graph segmentation cut at rendered
-    depth edges). The user is told which."""
-    import torch
+def _label_maps(scene, cams, g, views, sam_dir, quiet):
+    """The 2D masks to segment with: the scene's sam/mask, else SAM (the folder given, else
+    the installed default) on a spread subset of the views, else the weight-free fallback
+    (colour graph segmentation cut at rendered depth edges). The user is told which."""
+    from .mask_sources import describe_source, fallback_label_maps, sam_folder
+    from .sam_onnx import sam_label_maps
+    from .scene_masks import MAX_VIEWS, spread_views, view_pixels
 
-    from ..render import rasterize
-    from .mask_sources import describe_source, fallback_label_maps, sam_label_maps
-
-    source, why = describe_source(scene, weights)
+    source, why = describe_source(scene, sam_dir)
     if not quiet:
         print(why)
     if source == "scene":
         return source, why, [scene.mask(c.name) for c in cams]
-    images, depths = [], []
-    for c, v in zip(cams, views):
-        with torch.no_grad():
-            out = rasterize(g, v, background=torch.zeros(3, device=g.means.device))
-        images.append(scene.image(c.name) if c.name in scene.image_paths
-                      else (out.rgb.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8))
-        depths.append(out.median_depth.cpu().numpy())
     if source == "sam":
-        return source, why, sam_label_maps(images, weights)
+        pick = spread_views(cams, MAX_VIEWS)
+        images, depths = view_pixels(scene, [cams[i] for i in pick], g, [views[i] for i in pick])
+        from tqdm import tqdm
+
+        with tqdm(total=len(pick), desc="segment: SAM masks", unit="view", leave=False, disable=quiet or None) as bar:
+            maps = sam_label_maps(images, sam_folder(sam_dir), depths, progress=lambda i, n: bar.update(1))
+        out = [None] * len(cams)
+        for i, m in zip(pick, maps):
+            out[i] = m
+        return source, why, out
+    images, depths = view_pixels(scene, cams, g, views)
     return source, why, fallback_label_maps(images, depths)
 
 
