@@ -210,7 +210,7 @@ def test_the_surface_depth_is_the_first_surface_not_what_shows_through_it():
 
     front, back = _grid_discs(0.0, 0.02, 0.005, 0.15), _grid_discs(-0.05, 0.08, 0.005, 0.99)
     cam = Camera("top", 64, 64, intrinsics(400.0, 400.0, 32.0, 32.0), look_at(np.array([0, 0, 0.5]), np.zeros(3), (0, 1, 0)))
-    _, _, depth = view_caches(concat_splats(front, back), [cam])
+    _, _, depth = view_caches(concat_splats(front, back), [cam], gap=0.01)
     row = depth[0, 32]
     assert row[32] == pytest.approx(0.5, abs=0.002)  # the front layer, 0.5 from the camera
     assert ((row > 0.499) & (row < 0.501)).sum() >= 30  # ... across its silhouette

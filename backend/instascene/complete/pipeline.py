@@ -255,7 +255,7 @@ def complete_instance(scene, splats, labels, ev: SceneEvidence, plane, k: int, g
     best = np.argsort(-scores)
     up = _up_vector(plane, ev.cameras)
     ring, az = ring_cameras(center, radius, up, ev.cameras[int(best[0])].center, p.ring)
-    g, ring_cache, ring_depth = view_caches(full, ring, dev)
+    g, ring_cache, ring_depth = view_caches(full, ring, dev, gap=p.mesh.truncation_voxels * shp.grid.size)
     colors = torch.as_tensor(full.base_colors(), dtype=torch.float32)
     is_obs = torch.as_tensor(~is_new, dtype=torch.float32)
     R = render_cached(g, ring_cache, ring, ring_depth, colors.to(g.means.device), is_obs.to(g.means.device))

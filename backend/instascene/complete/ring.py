@@ -62,15 +62,16 @@ class RingRenders:
     observed: np.ndarray  # share of the pixel's weight coming from observed Gaussians
 
 
-def view_caches(splats, cameras, device: str = "cpu"):
+def view_caches(splats, cameras, device: str = "cpu", gap: float = 0.0):
     """(Gaussians, ContributionCache, depth [V, H, W]) of `splats` seen by `cameras`: one
     rasterization per view gives the cache and the surface depth, 0 where there is none:
     the ray-splat intersection depth (exact at grazing angles, unlike centre depths) of
     the surfel where transmittance crosses 0.5, as 2DGS meshes bounded objects — but
-    inside the silhouette, the first surface the ray meets (evidence.inside_rim). The
-    blended (mean) depth, or the median where the front surface leaves gaps, would put
-    the surface on whatever lies behind it: the far side of a closed object, or new
-    surfels inside it."""
+    inside the silhouette, where that lies more than `gap` behind the first surface the
+    ray meets, the first surface (evidence.inside_rim). The blended (mean) depth, or the
+    median where the front surface leaves gaps, would put the surface on whatever lies
+    behind it: the far side of a closed object, or new surfels inside it. (Where the two
+    are close the median is the better surface: the first is a disc's soft edge.)"""
     from ..render import ContributionCache, Contributions, Gaussians, View
     from ..render.rasterize import selection_mask, view_fragments
     from .evidence import FIRST_T, inside_rim
@@ -93,7 +94,8 @@ def view_caches(splats, cameras, device: str = "cpu"):
         pix, gid, T, w = (torch.cat(x) for x in zip(*parts))
         contribs.append(Contributions(v.width, v.height, len(g), pix, gid, T, w))
         median, first = (x.reshape(v.height, v.width).cpu().numpy() for x in (median, first))
-        depths.append(np.where(inside_rim(first > 0), first, median))
+        through = inside_rim(first > 0) & ((median <= 0) | (median > first + gap))
+        depths.append(np.where(through, first, median))
     depth = np.stack(depths) if depths else np.zeros((0, 1, 1), np.float32)
     return g, ContributionCache.from_contributions(views, contribs), depth
 
