@@ -48,7 +48,7 @@ def scene_evidence(splats, labels: np.ndarray, cameras, device: str = "cpu", pro
     a depth is right for the picture but says nothing about free space in front of it:
     carving the object's inside with it hollows a ball into a shell."""
     from ..render import Gaussians, View
-    from ..render.rasterize import selection_mask, view_fragments
+    from ..render.rasterize import crosses, view_fragments
 
     g = Gaussians.from_splats(splats, device=device)
     lab = torch.as_tensor(labels, dtype=torch.int64, device=device)
@@ -61,7 +61,7 @@ def scene_evidence(splats, labels: np.ndarray, cameras, device: str = "cpu", pro
         with torch.no_grad():
             for _, fr in view_fragments(g, View.from_camera(cam, device=device)):
                 T, w = fr.transmittance, fr.weight
-                for key, keep in (("", selection_mask("crossing", T, w)), ("first_", (T > FIRST_T) & (T - w <= FIRST_T))):
+                for key, keep in (("", crosses(T, w, 0.5)), ("first_", crosses(T, w, FIRST_T))):
                     maps[key + "depth"][fr.pixel[keep]] = fr.depth[keep].float()
                     maps[key + "label"][fr.pixel[keep]] = lab[fr.gaussian[keep]]
         for key, m in maps.items():
@@ -154,13 +154,11 @@ def carve(ev: SceneEvidence, instance: int, grid: Grid, margin: float, rim_px: i
 
 
 def inside_rim(body: np.ndarray, rim_px: int = RIM_PX) -> np.ndarray:
-    """The pixels of a silhouette (bool [..., H, W]) at least `rim_px` inside its rim.
+    """The pixels of a silhouette (bool [H, W]) at least `rim_px` inside its rim.
     There a ray that met the object's first surface says nothing about what lies behind
     it, whatever it crossed T = 0.5 on (splats leave gaps); at the rim the discs' soft
     edges are met first and the visible surface behind them is right."""
-    if body.ndim == 2:
-        return ndimage.binary_erosion(body, iterations=rim_px)
-    return np.stack([inside_rim(b, rim_px) for b in body])
+    return ndimage.binary_erosion(body, iterations=rim_px)
 
 
 def views_through(ev: SceneEvidence, points: np.ndarray, tol: float) -> np.ndarray:

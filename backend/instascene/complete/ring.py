@@ -73,7 +73,7 @@ def view_caches(splats, cameras, device: str = "cpu", gap: float = 0.0):
     behind it: the far side of a closed object, or new surfels inside it. (Where the two
     are close the median is the better surface: the first is a disc's soft edge.)"""
     from ..render import ContributionCache, Contributions, Gaussians, View
-    from ..render.rasterize import selection_mask, view_fragments
+    from ..render.rasterize import crosses, view_fragments
     from .evidence import FIRST_T, inside_rim
 
     g = Gaussians.from_splats(splats, device=device)
@@ -87,10 +87,8 @@ def view_caches(splats, cameras, device: str = "cpu", gap: float = 0.0):
             for _, fr in view_fragments(g, v):
                 T, w = fr.transmittance, fr.weight
                 parts.append((fr.pixel, fr.gaussian, T, w))
-                cross = selection_mask("crossing", T, w)
-                median[fr.pixel[cross]] = fr.depth[cross].float()
-                meet = (T > FIRST_T) & (T - w <= FIRST_T)
-                first[fr.pixel[meet]] = fr.depth[meet].float()
+                for out, keep in ((median, crosses(T, w, 0.5)), (first, crosses(T, w, FIRST_T))):
+                    out[fr.pixel[keep]] = fr.depth[keep].float()
         pix, gid, T, w = (torch.cat(x) for x in zip(*parts))
         contribs.append(Contributions(v.width, v.height, len(g), pix, gid, T, w))
         median, first = (x.reshape(v.height, v.width).cpu().numpy() for x in (median, first))
@@ -114,7 +112,6 @@ def render_cached(g, cache, cameras, depth: np.ndarray, colors: torch.Tensor, is
         with torch.no_grad():
             r = cache.render(i, feats).cpu().numpy()
         a = r[..., 3]
-        cov = a > 0.5
         safe = np.maximum(a, 1e-8)
         out["rgb"].append(np.clip(r[..., :3] + (1 - a[..., None]), 0, 1))
         out["alpha"].append(a)

@@ -227,6 +227,11 @@ class MaskGaussians:
         return self.gaussian[self.label == label]
 
 
+def crosses(transmittance: torch.Tensor, weight: torch.Tensor, level: float) -> torch.Tensor:
+    """The pair where the pixel's transmittance drops below `level` (at most one per pixel)."""
+    return (transmittance > level) & (transmittance - weight < level)
+
+
 def selection_mask(criterion: Criterion, transmittance: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Which pairs count as "the Gaussians that render this pixel":
     'transmittance': T before > 0.5, the front surface (the paper's definition, default);
@@ -236,7 +241,7 @@ def selection_mask(criterion: Criterion, transmittance: torch.Tensor, weight: to
     if criterion == "transmittance":
         return transmittance > 0.5
     if criterion == "crossing":
-        return (transmittance > 0.5) & (transmittance - weight < 0.5)
+        return crosses(transmittance, weight, 0.5)
     if criterion == "weight":
         return weight > 0.1
     raise ValueError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")

@@ -96,7 +96,8 @@ def write_scene_masks(scene_path, sam_dir=None, max_views: int = MAX_VIEWS, forc
         write_label_map(path, labels)
         written.append(path)
         counts.append(int(labels.max()))
-    stale = [p for p in old if p not in set(written)]
+    kept = set(written)
+    stale = [p for p in old if p not in kept]
     for p in stale:
         p.unlink(missing_ok=True)
     return {"scene": os.fspath(root), "model": os.fspath(folder), "views": len(written), "of": len(cams),
