@@ -9,8 +9,11 @@ mIoU on Gaussians:
   crossing   consensus on the 0.5-crossing Gaussian, 1-px mask boundary ignored, vote
   + plane    + the support plane as background
   + merged   + coarse instances that the views join merged (merge.py)
-  full       + every Gaussian labelled by its evidence spread over the feature-weighted
-             neighbour graph (propagate.py; the shipped pipeline)
+  + spread (features)
+             + every Gaussian labelled by its evidence spread over the neighbour graph
+             weighted by feature similarity (the pipeline of session 8)
+  full       + the same spread over the surface-continuity graph instead
+             (propagate.py; the shipped pipeline)
 
 All at the pipeline's working image size (pipeline.working_cameras).
 
@@ -21,6 +24,8 @@ filtered 2D masks; 3D + filtered 2D + cross-view (all three losses).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,7 +41,7 @@ from .postprocess import coarse_instances, consistent_label_maps, vote_labels
 from .propagate import label_evidence
 from .tracker import track_masks
 
-VARIANTS = ("naive", "paper", "crossing", "+ plane", "+ merged", "full")
+VARIANTS = ("naive", "paper", "crossing", "+ plane", "+ merged", "+ spread (features)", "full")
 FEATURE_VARIANTS = ("features: noisy 2D only", "features: 3D only", "features: 3D + filtered 2D",
                     "features: all three losses")
 
@@ -124,9 +129,11 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
     filtered = _filter_undersegmented(maps, tracks, cons.undersegmented)
     visible = [np.asarray(tracks.W[f].indices) for f in range(len(views))]
     feats = train_features(cache, filtered, consistent, coarse, visible, FeatureParams(iterations=feature_iterations))
-    labels = assign_instances(evidence, is_bg, flat, feats.numpy(), means, eps, min_gaussians, ip)
-    labels = merge_labels(labels, tracks, means, eps, params.merge)
-    out["full"] = hungarian_miou(labels, gt).miou
+    feature_graph = replace(ip, propagate=replace(ip.propagate, feature_temperature=0.1, across_surfaces=1.0))
+    for name, graph in (("+ spread (features)", feature_graph), ("full", ip)):
+        labels = assign_instances(evidence, is_bg, flat, normals, means, eps, min_gaussians, graph,
+                                  features=feats.numpy())
+        out[name] = hungarian_miou(merge_labels(labels, tracks, means, eps, params.merge), gt).miou
     if not losses:
         return out
     settings = {  # name: (2D labels, 2D weight, cross-view weight, 3D weight)

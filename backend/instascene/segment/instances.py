@@ -3,7 +3,7 @@
 The official export keeps a Gaussian in a coarse instance when its feature matches the
 instance's mean feature at cosine ≥ 0.9, and leaves every other Gaussian behind. Here
 the coarse instances are seeds: every Gaussian's labels come from the views' evidence
-spread over the feature-weighted neighbour graph (propagate.py), so that hidden and
+spread over the surfels' neighbour graph (propagate.py), so that hidden and
 boundary Gaussians join the object they sit on and nothing is "undecided".
 Background instances (the table, floor, walls) are found geometrically: most of their
 Gaussians lie on the scene's dominant plane, or they span a large part of the scene.
@@ -79,21 +79,24 @@ def background_instances(instances, means: np.ndarray, flat: np.ndarray, p: Inst
     return np.array(out)
 
 
-def assign_instances(evidence: np.ndarray, is_background: np.ndarray, flat: np.ndarray, features: np.ndarray,
-                     means: np.ndarray, radius: float, min_gaussians: int, p: InstanceParams) -> np.ndarray:
+def assign_instances(evidence: np.ndarray, is_background: np.ndarray, flat: np.ndarray, normals: np.ndarray,
+                     means: np.ndarray, radius: float, min_gaussians: int, p: InstanceParams,
+                     features: np.ndarray | None = None) -> np.ndarray:
     """Label per Gaussian: its object instance (objects renumbered 0..K-1 in coarse order),
     -1 for background.
 
     `evidence` [N, n_coarse]: each Gaussian's rendering weight into each coarse instance's
     consistent 2D labels (propagate.label_evidence); background instances' evidence
     counts for the background, as do Gaussians lying `flat` on the support plane
-    (clamped). `radius`: the scene's connection distance; an object left with fewer
-    than `min_gaussians` (the least a tracked mask needs) is no object."""
+    (clamped). `normals`: the surfels' unit normals, for the surface graph; `features`
+    weight it only where `p.propagate.feature_temperature` is set. `radius`: the scene's
+    connection distance; an object left with fewer than `min_gaussians` (the least a
+    tracked mask needs) is no object."""
     is_background = np.asarray(is_background, bool)
     objects = np.flatnonzero(~is_background)
     classes = np.concatenate([evidence[:, is_background].sum(1, keepdims=True), evidence[:, objects]], axis=1)
-    labels = propagate_labels(classes, flat, np.asarray(features, np.float32), means, radius, min_gaussians,
-                              p.propagate) - 1
+    labels = propagate_labels(classes, flat, np.asarray(normals, np.float64), means, radius, min_gaussians,
+                              p.propagate, None if features is None else np.asarray(features, np.float32)) - 1
     present = np.unique(labels[labels >= 0])
     new_index = np.full(len(objects) + 1, -1)
     new_index[present] = np.arange(len(present))

@@ -156,8 +156,8 @@ def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) 
     st.end()
 
     st.start("instances")
-    labels = assign_instances(evidence, is_bg, flat, feats.cpu().numpy(), means, eps, params.min_gaussians,
-                              params.instances)
+    labels = assign_instances(evidence, is_bg, flat, normals, means, eps, params.min_gaussians,
+                              params.instances, features=feats.cpu().numpy())
     labels = merge_labels(labels, tracks, means, eps, params.merge)
     st.end()
 
