@@ -67,7 +67,7 @@ class VIEW3D_PT_instascene(bpy.types.Panel):
         if st.job_kind or st.job_state:
             box = layout.box()
             box.label(text=f"Job {st.job_id or '…'}: {st.job_kind} {st.job_state}", icon="SORTTIME")
-            text = f"{st.stage} {100 * st.progress:.0f}%".strip()
+            text = jobs.progress_text(st)
             if hasattr(box, "progress"):
                 box.progress(factor=st.progress, type="BAR", text=text)
             else:

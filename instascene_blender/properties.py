@@ -24,6 +24,8 @@ class InstaSceneState(bpy.types.PropertyGroup):
     job_state: StringProperty(name="Job State", default="")
     progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     stage: StringProperty(name="Stage", default="")
+    seconds_left: FloatProperty(name="Time Left", default=-1.0, description="seconds, as the backend estimates; "
+                                                                           "negative: not known yet")
     message: StringProperty(name="Message", default="")
     last_error: StringProperty(name="Last Error", default="")
     last_run: StringProperty(name="Last Run", default="")

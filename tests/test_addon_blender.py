@@ -577,6 +577,11 @@ def test_drain_applies_messages_directly():
                             "message": "object 1 of 4", "run": ""})
     assert jobs.drain() == 2
     assert (st.job_state, st.progress, st.stage, st.message) == ("running", 0.25, "mesh", "object 1 of 4")
+    assert jobs.progress_text(st) == "mesh 25%"  # no estimate from the backend yet
+    jobs.MANAGER.queue.put({"type": "job", "id": "j9", "state": "running", "progress": 0.5, "stage": "mesh",
+                            "message": "object 2 of 4", "run": "", "seconds_left": 65.4})
+    jobs.drain()
+    assert jobs.progress_text(st) == "mesh 50%, about 1 min 05 s left"
     jobs.MANAGER.queue.put({"type": "job", "id": "j9", "state": "failed", "progress": 0.25, "stage": "mesh",
                             "message": "out of memory", "run": ""})
     jobs.MANAGER.queue.put({"type": "job", "id": "old", "state": "done", "progress": 1, "stage": "", "message": "",

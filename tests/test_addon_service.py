@@ -150,7 +150,7 @@ def test_validate_job_lifecycle(backend):
     assert last["type"] == "job" and last["state"] in service.FINAL_STATES, msgs
     assert last["run"] == str(backend / "runs" / "v")  # the contract: the run folder in every status
     if last["state"] == "done":  # validate accepts this scene today (no images needed)
-        assert last["progress"] == 1.0
+        assert last["progress"] == 1.0 and last["seconds_left"] == 0.0  # the backend's estimate travels
     else:
         assert last["message"], msgs
 

@@ -544,6 +544,41 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_a_running_job_says_how_long_it_has_left(tmp_path, monkeypatch):
+    """GET /jobs/{id} carries the time left, estimated from the time so far and the
+    progress (null before any progress; 0 once done)."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from instascene.service.app import ServiceConfig, create_app
+
+    go_on = threading.Event()
+
+    def slow_segment(scene, run, options, progress):
+        time.sleep(0.3)
+        progress(0.25, "features", "step 250/1000")
+        go_on.wait(10)
+        return {"instances": 0}
+
+    (tmp_path / "data").mkdir()
+    instascene_folder(tmp_path / "data" / "scene")
+    monkeypatch.setitem(jobs.RUNNERS, "segment", slow_segment)
+    config = ServiceConfig(data_roots=[tmp_path / "data"], token="t" * 32, state_dir=tmp_path / "state")
+    with TestClient(create_app(config), headers={"Authorization": "Bearer " + "t" * 32}) as c:
+        job_id = c.post("/jobs", json={"kind": "segment", "scene": "scene", "run": "run"}).json()["id"]
+        assert c.get(f"/jobs/{job_id}").json()["seconds_left"] is None  # nothing done yet
+        deadline = time.monotonic() + 10
+        while (job := c.get(f"/jobs/{job_id}").json())["progress"] < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert 0.8 <= job["seconds_left"] <= 3.0, job  # a quarter done in ≥ 0.3 s: three times that to go
+        go_on.set()
+        while (job := c.get(f"/jobs/{job_id}").json())["state"] != "done" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert job["state"] == "done" and job["seconds_left"] == 0.0
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_registering_a_runner_makes_the_kind_available(tmp_path, monkeypatch):
     """What the segmentation issue will do (one line in jobs.RUNNERS), in-process."""
     from fastapi.testclient import TestClient

@@ -76,6 +76,17 @@ def _redraw() -> None:
                 area.tag_redraw()
 
 
+def progress_text(st) -> str:
+    """'segment features 45%, about 1 min 20 s left': the stage, how far, and the backend's
+    estimate of the time left once it has one."""
+    text = f"{st.stage} {100 * st.progress:.0f}%".strip()
+    if st.seconds_left >= 0 and st.job_state == "running":
+        s = int(round(st.seconds_left))
+        left = f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60:02d} min"
+        text += f", about {left} left"
+    return text
+
+
 def apply_message(msg: dict, context=None) -> None:
     """Apply one worker message to the UI state (main thread only)."""
     st = state(context)
@@ -92,7 +103,7 @@ def apply_message(msg: dict, context=None) -> None:
     elif kind == "submitted":
         st.job_id, st.job_kind = str(msg["id"]), str(msg.get("kind", ""))
         st.job_state, st.progress, st.stage, st.message = "queued", 0.0, "", ""
-        st.last_error = ""
+        st.seconds_left, st.last_error = -1.0, ""
         _status_bar(f"InstaScene: {st.job_kind} queued")
     elif kind == "job":
         if msg.get("id") and st.job_id and msg["id"] != st.job_id:
@@ -100,6 +111,7 @@ def apply_message(msg: dict, context=None) -> None:
         st.job_state = msg.get("state", "")
         st.progress = float(msg.get("progress", 0.0))
         st.stage, st.message = str(msg.get("stage", ""))[:200], str(msg.get("message", ""))[:1000]
+        st.seconds_left = float(msg.get("seconds_left", -1.0))
         if msg.get("run"):
             st.last_run = str(msg["run"])
         if st.job_state in FINAL_STATES:
@@ -109,7 +121,7 @@ def apply_message(msg: dict, context=None) -> None:
             elif st.job_state == "done":
                 _after_done(st, context)
         else:
-            _status_bar(f"InstaScene: {st.job_kind} {st.stage} {100 * st.progress:.0f}%")
+            _status_bar(f"InstaScene: {st.job_kind} {progress_text(st)}")
     elif kind == "cancel":
         st.message = str(msg.get("message", ""))
         if msg.get("failed"):

@@ -15,6 +15,7 @@ main thread (blender/jobs.py).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -167,12 +168,18 @@ def job_message(status: dict) -> dict:
         progress = float(status.get("progress") or 0.0)
     except (TypeError, ValueError):
         progress = 0.0
+    try:
+        left = float(status["seconds_left"])
+        left = left if math.isfinite(left) and left >= 0 else -1.0
+    except (KeyError, TypeError, ValueError):
+        left = -1.0  # an older backend, or not yet estimated
     return {
         "type": "job",
         "id": str(status.get("id", "")),
         "state": str(status.get("state", "")),
         "progress": min(max(progress, 0.0), 1.0),
         "stage": str(status.get("stage") or ""),
+        "seconds_left": left,
         "message": str((status.get("state") == "failed" and status.get("error")) or status.get("message") or ""),
         "run": status.get("run") or status.get("run_dir") or "",
     }

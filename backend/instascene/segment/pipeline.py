@@ -46,7 +46,7 @@ class SegmentParams:
 
 
 class Stages:
-    """Progress per stage: a tqdm bar on the terminal, and an optional callback
+    """Progress per stage: a bar on a terminal, timed lines in a log (progress.bar), and an optional callback
     `report(fraction, stage, message)` (the service's, which may raise to cancel)."""
 
     WEIGHTS = {"rasterize": 0.35, "track": 0.05, "associate": 0.05, "features": 0.45, "instances": 0.05, "write": 0.05}
@@ -58,10 +58,10 @@ class Stages:
         self._bar = None
 
     def start(self, stage: str, total: int | None = None):
-        from tqdm import tqdm
+        from ..progress import bar
 
         self.stage, self._t0 = stage, time.perf_counter()
-        self._bar = tqdm(total=total, desc=f"segment: {stage}", leave=False, disable=self.quiet or None)
+        self._bar = bar(total, f"segment: {stage}", quiet=self.quiet)
         self.update(0, total or 1)
 
     def update(self, i: int, n: int, message: str = ""):
@@ -217,10 +217,10 @@ def _label_maps(scene, cams, g, views, sam_dir, quiet):
     if source == "sam":
         pick = spread_views(cams, MAX_VIEWS)
         images, depths = view_pixels(scene, [cams[i] for i in pick], g, [views[i] for i in pick])
-        from tqdm import tqdm
+        from ..progress import bar
 
-        with tqdm(total=len(pick), desc="segment: SAM masks", unit="view", leave=False, disable=quiet or None) as bar:
-            maps = sam_label_maps(images, sam_folder(sam_dir), depths, progress=lambda i, n: bar.update(1))
+        with bar(len(pick), "segment: SAM masks", "view", quiet) as views_done:
+            maps = sam_label_maps(images, sam_folder(sam_dir), depths, progress=lambda i, n: views_done.update(1))
         out = [None] * len(cams)
         for i, m in zip(pick, maps):
             out[i] = m

@@ -60,9 +60,8 @@ def write_scene_masks(scene_path, sam_dir=None, max_views: int = MAX_VIEWS, forc
     to `sam/mask/<stem>.png` one by one (each whole or not at all). Existing masks are kept
     unless `force`; then masks of views not redone are removed at the end, so the folder
     never mixes two runs' masks."""
-    from tqdm import tqdm
-
     from ..io.masks import write_label_map
+    from ..progress import bar
     from ..io.scene import load_scene
     from ..render import Gaussians, View
     from .mask_sources import sam_folder
@@ -86,16 +85,18 @@ def write_scene_masks(scene_path, sam_dir=None, max_views: int = MAX_VIEWS, forc
     pick = spread_views(cams, max_views)
     g = Gaussians.from_splats(splats, device="cpu")
     written, seconds, counts = [], [], []
-    for i in tqdm(pick, desc="masks", unit="view", disable=quiet or None):
-        c = cams[i]
-        t = time.perf_counter()
-        (image,), (depth,) = view_pixels(scene, [c], g, [View.from_camera(c, device="cpu")])
-        labels = auto_masks(sam, image, depth, params)
-        seconds.append(time.perf_counter() - t)
-        path = mask_dir / f"{c.name}.png"
-        write_label_map(path, labels)
-        written.append(path)
-        counts.append(int(labels.max()))
+    with bar(len(pick), "masks", "view", quiet) as views_done:
+        for i in pick:
+            c = cams[i]
+            t = time.perf_counter()
+            (image,), (depth,) = view_pixels(scene, [c], g, [View.from_camera(c, device="cpu")])
+            labels = auto_masks(sam, image, depth, params)
+            seconds.append(time.perf_counter() - t)
+            path = mask_dir / f"{c.name}.png"
+            write_label_map(path, labels)
+            written.append(path)
+            counts.append(int(labels.max()))
+            views_done.update(1)
     kept = set(written)
     stale = [p for p in old if p not in kept]
     for p in stale:

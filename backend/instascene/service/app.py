@@ -90,6 +90,8 @@ class Job(BaseModel):
     progress: float = Field(description="0 to 1")
     stage: str
     message: str
+    seconds_left: float | None = Field(None, description="time left, estimated from the time so far and the "
+                                                         "progress; null until 2 % is done")
     scene: str | None
     run: str = Field(description="the run folder; its results are complete once state is 'done'")
     options: dict[str, Any]

@@ -89,6 +89,7 @@ class JobStore:
                 "progress": 0.0,
                 "stage": "queued",
                 "message": "waiting for the worker",
+                "seconds_left": None,
                 "scene": scene,
                 "run": run,
                 "options": options,

@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 
 from ..errors import InstaSceneError
+from ..progress import time_left
 from . import jobs
 from .store import FINISHED, INTERRUPTED_QUEUED, INTERRUPTED_RUNNING, JobStore, now
 
@@ -138,17 +139,19 @@ class Worker:
         cancel = self._cancel.setdefault(job_id, threading.Event())
         store = self.store
         last = {"stage": None, "message": None}
+        t0 = time.perf_counter()
 
         def progress(fraction: float, stage: str, message: str = "") -> None:
             if cancel.is_set():
                 raise jobs.Cancelled()
             fraction = min(1.0, max(0.0, float(fraction)))
-            store.update(job_id, progress=fraction, stage=str(stage), message=str(message))
+            left = time_left(time.perf_counter() - t0, fraction)
+            store.update(job_id, progress=fraction, stage=str(stage), message=str(message),
+                         seconds_left=None if left is None else round(left, 1))
             if (stage, message) != (last["stage"], last["message"]):
                 store.append_log(job_id, f"[{stage}] {message}" if message else f"[{stage}]")
                 last.update(stage=stage, message=message)
 
-        t0 = time.perf_counter()
         try:
             store.append_log(job_id, f"{job['kind']} started: scene={job['scene']} run={job['run']}")
             runner = jobs.get_runner(job["kind"])
@@ -175,7 +178,7 @@ class Worker:
         else:
             secs = time.perf_counter() - t0
             store.append_log(job_id, f"done in {secs:.2f} s")
-            store.update(job_id, state="done", progress=1.0, stage="done", message=f"done in {secs:.2f} s",
+            store.update(job_id, state="done", progress=1.0, stage="done", message=f"done in {secs:.2f} s", seconds_left=0.0,
                          result=result if isinstance(result, dict) else None, finished=now())
 
 

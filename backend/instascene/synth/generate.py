@@ -59,9 +59,9 @@ class SynthOptions:
 
 
 def _progress(stage: str, total: int):
-    from tqdm import tqdm
+    from ..progress import bar
 
-    return tqdm(total=total, desc=f"synth: {stage}", unit="view", leave=False, disable=None)
+    return bar(total, f"synth: {stage}", "view")
 
 
 def generate_scene(out: str | os.PathLike, opts: SynthOptions, force: bool = False) -> dict:
