@@ -389,3 +389,4 @@ def test_labels_from_the_ground_truth_make_an_oracle_run(segmented, tmp_path):
     r = subprocess.run([sys.executable, "-m", "instascene", "segment", str(scene), "--out", str(tmp_path / "o2"),
                         "--labels-from", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "instances.json" in r.stderr and "Traceback" not in r.stderr, r.stderr
+

@@ -121,17 +121,37 @@ def raster_rows(n: int, width: int, height: int, repeats: int):
     return rows
 
 
+def _segment_child(folder: str, run: str) -> tuple[dict, float, float, float | None]:
+    """In a fresh process: segment, and report the summary, the seconds, this process's
+    peak resident memory and (on CUDA) the peak allocated GPU memory, in GB."""
+    import resource
+    import sys
+
+    from ..segment.pipeline import segment_scene
+
+    t = time.perf_counter()
+    summary = segment_scene(folder, run, quiet=True)
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak_gb = peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+    torch = sys.modules.get("torch")
+    cuda = torch.cuda.max_memory_allocated() / 2**30 if torch is not None and torch.cuda.is_initialized() else None
+    return summary, seconds, peak_gb, cuda
+
+
 def segment_bench(scenes: list[str] | None, seeds, cache: str | None, synth_size: str) -> int:
     """Segment each scene (the built-in scenes of `seeds` at `synth_size` by default):
-    time per stage, and where the scene has ground truth the quality a user sees —
-    one-to-one mIoU on Gaussians, objects' Gaussians left in the background, other
-    objects' or background Gaussians inside instances, instances against objects."""
+    time per stage, peak memory, and where the scene has ground truth the quality a user
+    sees — one-to-one mIoU on Gaussians, objects' Gaussians left in the background,
+    other objects' or background Gaussians inside instances, instances against objects.
+    Each scene runs in a fresh process, so its peak memory (RSS) is its own."""
+    import multiprocessing
     import tempfile
+    from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
 
     from ..eval.segmentation import evaluate_segmentation
     from ..io.scene import load_scene
-    from ..segment.pipeline import segment_scene
     from ..synth.generate import SynthOptions, generate_scene
 
     width, height = (int(v) for v in synth_size.lower().split("x"))
@@ -148,24 +168,26 @@ def segment_bench(scenes: list[str] | None, seeds, cache: str | None, synth_size
             folders.append(folder)
         for i, folder in enumerate(folders):
             run = Path(tmp) / f"run_{i}"
-            t = time.perf_counter()
-            summary = segment_scene(folder, run, quiet=True)
-            total = time.perf_counter() - t
-            print(json.dumps({"scene": str(folder), "total_s": round(total, 1), **summary}), flush=True)
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                summary, total, peak_gb, cuda_gb = pool.submit(_segment_child, str(folder), str(run)).result()
+            print(json.dumps({"scene": str(folder), "total_s": round(total, 1), "peak_rss_gb": round(peak_gb, 2),
+                              "cuda_peak_gb": None if cuda_gb is None else round(cuda_gb, 2), **summary}), flush=True)
             scene = load_scene(folder, load_splats=False)
             cam = scene.cameras[0]
             row = evaluate_segmentation(run, folder / "gt", views=False) if (folder / "gt").is_dir() else {}
-            row.update(scene=folder.name, views=len(scene.cameras), size=f"{cam.width}x{cam.height}", seconds=total)
+            row.update(scene=folder.name, views=len(scene.cameras), size=f"{cam.width}x{cam.height}", seconds=total,
+                       memory=f"{peak_gb:.2f} GB" + ("" if cuda_gb is None else f" (CUDA {cuda_gb:.2f} GB)"))
             rows.append(row)
-    print("| scene | views | size | Gaussians | objects | instances | mIoU | left in background | strays | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| scene | views | size | Gaussians | objects | instances | mIoU | left in background | strays | seconds "
+          "| peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "miou_3d" in r:
             q = (f"{r['gaussians']} | {r['objects']} | {r['predicted_instances']} | {r['miou_3d']:.3f} | "
                  f"{100 * r['left_in_background']:.1f} % | {100 * r['strays']:.1f} %")
         else:
             q = "– | – | – | – | – | –"
-        print(f"| {r['scene']} | {r['views']} | {r['size']} | {q} | {r['seconds']:.0f} |")
+        print(f"| {r['scene']} | {r['views']} | {r['size']} | {q} | {r['seconds']:.0f} | {r['memory']} |")
     return 0
 
 
