@@ -19,7 +19,7 @@ def test_a_log_gets_lines_with_counts_and_time_left(monkeypatch):
     assert out.getvalue().splitlines() == [
         "segment: features: 2/8 (25 %), 12 s so far, about 36 s left",
         "segment: features: 6/8 (75 %), 25 s so far, about 8 s left",
-        "segment: features: 6 step in 40 s",
+        "segment: features: 6/8 done in 40 s",
     ]
 
 

@@ -65,7 +65,8 @@ class LogBar:
 
     def close(self) -> None:
         if self.n:
-            self._write(f"{self.desc}: {self.n} {self.unit} in {format_duration(time.monotonic() - self._t0)}")
+            done = f"{self.n}/{self.total}" if self.total else f"{self.n} {self.unit}"
+            self._write(f"{self.desc}: {done} done in {format_duration(time.monotonic() - self._t0)}")
 
     def _write(self, text: str) -> None:
         try:
