@@ -101,6 +101,19 @@ def test_criteria_semantics(scene64):
     assert (t_after < 0.5).all()
 
 
+def test_render_names_the_crossing_gaussian_of_every_pixel(scene64):
+    """`rasterize(...).crossing` is the pair `contributions(..., "crossing")` finds, per
+    pixel, in the same pass as the image (-1 where T never drops below one half), also
+    when the view is rasterized in row bands."""
+    g, view, _, _ = scene64
+    c = contributions(g, view, "crossing", backend="torch")
+    expected = torch.full((view.height * view.width,), -1, dtype=torch.long)
+    expected[c.pixel] = c.gaussian
+    assert 0 < (expected >= 0).sum() < len(expected)  # some pixels stay more than half clear
+    for kw in ({}, {"max_candidates": 300}):
+        assert torch.equal(rasterize(g, view, backend="torch", **kw).crossing.reshape(-1), expected)
+
+
 def test_mask_gaussian_sets_one_pass(scene64):
     g, view, _, _ = scene64
     c = contributions(g, view, "transmittance", backend="torch")

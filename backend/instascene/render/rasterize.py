@@ -62,6 +62,7 @@ class RenderOutput:
     alpha: torch.Tensor  # [H, W] accumulated opacity, 1 - T
     depth: torch.Tensor  # [H, W] expected intersection depth, Σ w z / alpha (0 where empty)
     median_depth: torch.Tensor  # [H, W] depth of the last Gaussian with T > 0.5 (0 if none)
+    crossing: torch.Tensor  # [H, W] int64: the Gaussian where T drops below 0.5 (-1 where it never does)
     normals: torch.Tensor  # [H, W, 3] world space, Σ w n (not normalised)
     rgb: torch.Tensor | None = None  # [H, W, 3] from SH, + T · background
     features: torch.Tensor | None = None  # [H, W, D] Σ w f (no background)
@@ -104,12 +105,13 @@ def rasterize(
     for proj, fr in view_fragments(g, view, near=near, far=far, backend=backend, max_candidates=max_candidates):
         values = torch.cat(columns + [proj.normals], dim=1)
         bands.append(_composite(fr, values))
-    acc, depth_sum, log_t, median = (torch.cat(parts) for parts in zip(*bands))
+    acc, depth_sum, log_t, median, crossing = (torch.cat(parts) for parts in zip(*bands))
     alpha = (1.0 - torch.exp(log_t)).to(acc.dtype)
     out = RenderOutput(
         alpha=alpha.reshape(H, W),
         depth=(depth_sum / alpha.clamp_min(1e-10)).reshape(H, W),
         median_depth=median.reshape(H, W),
+        crossing=crossing.reshape(H, W),
         normals=acc[:, -3:].reshape(H, W, 3),
     )
     c = 0
@@ -151,7 +153,8 @@ class _BlendSum(torch.autograd.Function):
 
 
 def _composite(fr: Fragments, values: torch.Tensor):
-    """Per-pixel sums over one band: Σ w·values, Σ w·z, Σ log(1-α), median depth."""
+    """Per-pixel sums over one band: Σ w·values, Σ w·z, Σ log(1-α), median depth, and the
+    Gaussian where T crosses 0.5 (the same pair as `crosses`; -1 where none)."""
     y0, y1 = fr.rows
     n = (y1 - y0) * fr.width
     local = fr.pixel - y0 * fr.width
@@ -166,7 +169,12 @@ def _composite(fr: Fragments, values: torch.Tensor):
         last = last.scatter_reduce(0, local[sel], sel, reduce="amax")
     has = last >= 0
     median = torch.where(has, fr.depth[last.clamp_min(0)], torch.zeros_like(depth_sum)) if len(fr) else depth_sum
-    return acc, depth_sum, log_t, median
+    crossing = torch.full((n,), -1, dtype=torch.long, device=local.device)
+    if len(fr):
+        at = last.clamp_min(0)
+        hit = has & crosses(fr.transmittance[at], w.detach()[at], 0.5)
+        crossing = torch.where(hit, fr.gaussian[at].long(), crossing)
+    return acc, depth_sum, log_t, median, crossing
 
 
 # ---------------------------------------------------------------- tracking

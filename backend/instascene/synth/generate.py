@@ -130,7 +130,7 @@ def _write_views(root: Path, cams, splats, gaussian_instances):
     image by construction) and the median depth (for SAM-like part splits)."""
     import torch
 
-    from ..render import Gaussians, View, contributions, rasterize
+    from ..render import Gaussians, View, rasterize
 
     g = Gaussians.from_splats(splats)
     bg = torch.tensor(BACKGROUND_RGB)
@@ -140,14 +140,13 @@ def _write_views(root: Path, cams, splats, gaussian_instances):
     for cam in cams:
         view = View.from_camera(cam)
         with torch.no_grad():
-            out = rasterize(g, view, background=bg)
-            front = contributions(g, view, "crossing")
+            out = rasterize(g, view, background=bg)  # one pass: the image and the crossing Gaussians
         img = (out.rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
         with atomic_write(root / "images" / cam.image_name) as f:
             Image.fromarray(img).save(f, format="PNG")
-        labels = torch.zeros(cam.height * cam.width, dtype=torch.long)
-        labels[front.pixel] = owner[front.gaussian]
-        maps.append(labels.reshape(cam.height, cam.width).numpy().astype(np.int32))
+        front = out.crossing
+        labels = torch.where(front >= 0, owner[front.clamp_min(0)], 0)
+        maps.append(labels.numpy().astype(np.int32))
         depths.append(out.median_depth.numpy().astype(np.float64))
         bar.update()
     bar.close()
