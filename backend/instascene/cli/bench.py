@@ -132,8 +132,12 @@ def _segment_child(folder: str, run: str) -> tuple[dict, float, float, float | N
     t = time.perf_counter()
     summary = segment_scene(folder, run, quiet=True)
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    peak_gb = peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+    try:  # this process's own high-water mark (ru_maxrss also counts the parent's RSS at the fork)
+        with open("/proc/self/status") as f:
+            peak_gb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        peak_gb = peak / 2**30 if sys.platform == "darwin" else peak / 2**20
     torch = sys.modules.get("torch")
     cuda = torch.cuda.max_memory_allocated() / 2**30 if torch is not None and torch.cuda.is_initialized() else None
     return summary, seconds, peak_gb, cuda

@@ -96,11 +96,15 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
     st = Stages(report, quiet)
     g = Gaussians.from_splats(splats, device=dev)
     views = [View.from_camera(c, device=dev) for c in cams]
-    mask_source, mask_why, label_maps = _label_maps(scene, cams, g, views, sam, quiet)
+    work = working_cameras(splats, cams, params.surfel_px) if params.surfel_px else cams
+
+    def fit(i: int, m):  # each map to its view's working size as it comes: never all of them at full size
+        return None if m is None else resize_labels(m, work[i].height, work[i].width)
+
+    mask_source, mask_why, label_maps = _label_maps(scene, cams, g, views, sam, quiet, fit)
     if params.surfel_px:
-        cams = working_cameras(splats, cams, params.surfel_px)
+        cams = work
         views = [View.from_camera(c, device=dev) for c in cams]
-        label_maps = [None if m is None else resize_labels(m, c.height, c.width) for m, c in zip(label_maps, cams)]
 
     with PairStore.temporary(run, len(g)) as pairs:
         summary = _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st)
@@ -120,15 +124,15 @@ def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) 
     tracked = []
     for i, v in enumerate(views):
         c = contributions(g, v, None)
-        tracked.append(c.select(params.criterion))
+        tracked.append(c.select(params.criterion).compact())
         pairs.append(c)
         del c
         st.update(i + 1, len(views), cams[i].name)
     st.end()
 
     st.start("track")
-    tracks = track_masks(tracked, [c.name for c in cams], label_maps, params.criterion, params.min_gaussians,
-                         params.boundary_px)
+    tracks = track_masks(tracked, [c.name for c in cams], label_maps, None, params.min_gaussians,
+                         params.boundary_px)  # `tracked` holds the criterion's pairs already
     del tracked
     st.end()
 
@@ -201,10 +205,11 @@ def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
-def _label_maps(scene, cams, g, views, sam_dir, quiet):
-    """The 2D masks to segment with: the scene's sam/mask, else SAM (the folder given, else
-    the installed default) on a spread subset of the views, else the weight-free fallback
-    (colour graph segmentation cut at rendered depth edges). The user is told which."""
+def _label_maps(scene, cams, g, views, sam_dir, quiet, fit):
+    """The 2D masks to segment with, each passed through `fit(view index, map)` as it is
+    made: the scene's sam/mask, else SAM (the folder given, else the installed default)
+    on a spread subset of the views, else the weight-free fallback (colour graph
+    segmentation cut at rendered depth edges). The user is told which."""
     from .mask_sources import describe_source, fallback_label_maps, sam_folder
     from .sam_onnx import sam_label_maps
     from .scene_masks import MAX_VIEWS, spread_views, view_pixels
@@ -213,7 +218,7 @@ def _label_maps(scene, cams, g, views, sam_dir, quiet):
     if not quiet:
         print(why)
     if source == "scene":
-        return source, why, [scene.mask(c.name) for c in cams]
+        return source, why, [fit(i, scene.mask(c.name)) for i, c in enumerate(cams)]
     if source == "sam":
         pick = spread_views(cams, MAX_VIEWS)
         images, depths = view_pixels(scene, [cams[i] for i in pick], g, [views[i] for i in pick])
@@ -223,10 +228,10 @@ def _label_maps(scene, cams, g, views, sam_dir, quiet):
             maps = sam_label_maps(images, sam_folder(sam_dir), depths, progress=lambda i, n: views_done.update(1))
         out = [None] * len(cams)
         for i, m in zip(pick, maps):
-            out[i] = m
+            out[i] = fit(i, m)
         return source, why, out
     images, depths = view_pixels(scene, cams, g, views)
-    return source, why, fallback_label_maps(images, depths)
+    return source, why, [fit(i, m) for i, m in enumerate(fallback_label_maps(images, depths))]
 
 
 def _filter_undersegmented(label_maps, tracks, under):

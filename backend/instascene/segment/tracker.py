@@ -66,14 +66,15 @@ def _bool_csr(rows, cols, shape) -> sp.csr_matrix:
     return m
 
 
-def track_masks(contribs, names, label_maps, criterion: str = "transmittance", min_gaussians: int = 50,
+def track_masks(contribs, names, label_maps, criterion: str | None = "transmittance", min_gaussians: int = 50,
                 boundary_px: int = 0) -> MaskTracks:
     """The Gaussian set of every mask, from each view's composited pairs.
 
     `contribs`: per view, `render.Contributions` with every composited pair (criterion
     None), so that the same rasterization also feeds the feature cache; `label_maps`:
     matching [H, W] int arrays (0 = no mask) or None for a view without masks. Pairs are
-    selected with `criterion`; pixels within `boundary_px` of a mask boundary are
+    selected with `criterion` (None: `contribs` hold the selected pairs already, as
+    `Contributions.compact()` keeps them); pixels within `boundary_px` of a mask boundary are
     ignored (`mask_interior`); masks with fewer than `min_gaussians` distinct Gaussians
     are dropped (method.md: 50).
     """
@@ -82,7 +83,7 @@ def track_masks(contribs, names, label_maps, criterion: str = "transmittance", m
     w_rows, w_cols = [], []
     next_mask = 0
     for f, (c_all, labels) in enumerate(zip(contribs, label_maps)):
-        c = c_all.select(criterion)
+        c = c_all if criterion is None else c_all.select(criterion)
         vis = np.unique(c.gaussian.cpu().numpy())
         w_rows.append(np.full(len(vis), f))
         w_cols.append(vis)
