@@ -81,13 +81,13 @@ class LogBar:
         self.close()
 
 
-def bar(total: int | None, desc: str, unit: str = "it", quiet: bool = False, leave: bool = False, **tqdm_kwargs):
-    """A tqdm bar on a terminal, a `LogBar` elsewhere, a silent tqdm when `quiet`."""
+def bar(total: int | None, desc: str, unit: str = "it", quiet: bool = False):
+    """A tqdm bar on a terminal (cleared when done), a `LogBar` elsewhere, a silent tqdm when `quiet`."""
     from tqdm import tqdm
 
     if quiet:
         return tqdm(total=total, disable=True)
     stream = sys.stderr
     if getattr(stream, "isatty", lambda: False)():
-        return tqdm(total=total, desc=desc, unit=unit, leave=leave, **tqdm_kwargs)
+        return tqdm(total=total, desc=desc, unit=unit, leave=False)
     return LogBar(total, desc, unit)

@@ -61,8 +61,8 @@ def write_scene_masks(scene_path, sam_dir=None, max_views: int = MAX_VIEWS, forc
     unless `force`; then masks of views not redone are removed at the end, so the folder
     never mixes two runs' masks."""
     from ..io.masks import write_label_map
-    from ..progress import bar
     from ..io.scene import load_scene
+    from ..progress import bar
     from ..render import Gaussians, View
     from .mask_sources import sam_folder
     from .sam_onnx import SamOnnx, auto_masks
