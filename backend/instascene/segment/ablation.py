@@ -5,7 +5,8 @@ mIoU on Gaussians:
 
   naive      lift each raw mask to its Gaussians, link masks whose Gaussian sets overlap
              (IoU > 0.5) across views, no consensus; each Gaussian takes the majority group
-  paper      view consensus on T > 0.5 pairs as the official code, then the dense vote
+  paper      view consensus on T > 0.5 pairs as the official code (parts of two masks or
+             more), then the dense vote
   crossing   consensus on the 0.5-crossing Gaussian, 1-px mask boundary ignored, vote
   + plane    + the support plane as background
   + merged   + coarse instances that the views join merged (merge.py)
@@ -100,10 +101,10 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
     out = {"naive": hungarian_miou(_naive(track_masks(contribs, names, maps, "transmittance", min_gaussians), flat),
                                    gt).miou}
 
-    def associate(criterion, boundary, merge=False):
+    def associate(criterion, boundary, merge=False, post=params.post):
         tracks = track_masks(contribs, names, maps, criterion, min_gaussians, boundary)
         cons = view_consensus(tracks)
-        inst = coarse_instances(cluster_masks(tracks, cons), tracks, cons, means, eps=eps)
+        inst = coarse_instances(cluster_masks(tracks, cons), tracks, cons, means, post, eps)
         is_bg = background_instances(inst, means, flat, ip)
         if merge:
             inst, is_bg = merge_parts(inst, tracks, means, is_bg, eps, params.merge)
@@ -114,7 +115,7 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
     def objects_only(coarse, is_bg):
         return np.where((coarse >= 0) & ~is_bg[np.maximum(coarse, 0)], coarse, -1)
 
-    _, _, is_bg, _, _, coarse = associate("transmittance", 0)
+    _, _, is_bg, _, _, coarse = associate("transmittance", 0, post=replace(params.post, min_masks=2))
     out["paper"] = hungarian_miou(objects_only(coarse, is_bg), gt).miou
     _, _, is_bg, _, _, coarse = associate("crossing", 1)
     labels = objects_only(coarse, is_bg)
