@@ -23,6 +23,12 @@ def add_parser(sub) -> None:
                    help="segment: scene folders (default: the built-in scenes of --seeds)")
     p.add_argument("--synth-size", default="256x192", metavar="WxH",
                    help="segment: image size of the generated built-in scenes (default 256x192)")
+    p.add_argument("--synth-views", type=int, default=48, help="segment: views of the generated scenes (default 48)")
+    p.add_argument("--synth-detail", type=float, default=1.0,
+                   help="segment: surfel density of the generated scenes (synth --detail; default 1)")
+    p.add_argument("--scale", action="store_true",
+                   help="segment: one real-size scene, the first of --seeds with 200 views at 1000x750 and "
+                        "detail 2.2 (~300k Gaussians): time per stage and peak memory")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per row (median reported)")
     p.add_argument("--gaussians", type=int, default=10_000, help="Gaussians for the CPU rows")
     p.add_argument("--size", default="256x256", help="image size WxH for the CPU rows")
@@ -121,6 +127,9 @@ def raster_rows(n: int, width: int, height: int, repeats: int):
     return rows
 
 
+STAGES = ("rasterize", "track", "associate", "features", "instances")  # segment.json's timing_s
+
+
 def _segment_child(folder: str, run: str) -> tuple[dict, float, float, float | None]:
     """In a fresh process: segment, and report the summary, the seconds, this process's
     peak resident memory and (on CUDA) the peak allocated GPU memory, in GB."""
@@ -143,10 +152,11 @@ def _segment_child(folder: str, run: str) -> tuple[dict, float, float, float | N
     return summary, seconds, peak_gb, cuda
 
 
-def segment_bench(scenes: list[str] | None, seeds, cache: str | None, synth_size: str) -> int:
-    """Segment each scene (the built-in scenes of `seeds` at `synth_size` by default):
-    time per stage, peak memory, and where the scene has ground truth the quality a user
-    sees — one-to-one mIoU on Gaussians, objects' Gaussians left in the background,
+def segment_bench(scenes: list[str] | None, seeds, cache: str | None, synth_size: str, synth_views: int = 48,
+                  synth_detail: float = 1.0) -> int:
+    """Segment each scene (the built-in scenes of `seeds` at `synth_size`, `synth_views`
+    and `synth_detail` by default): time per stage, peak memory, and where the scene
+    has ground truth the quality a user sees — one-to-one mIoU on Gaussians, objects' Gaussians left in the background,
     other objects' or background Gaussians inside instances, instances against objects.
     Each scene runs in a fresh process, so its peak memory (RSS) is its own."""
     import multiprocessing
@@ -164,11 +174,14 @@ def segment_bench(scenes: list[str] | None, seeds, cache: str | None, synth_size
         root = Path(cache or tmp)
         folders = [Path(s) for s in scenes] if scenes else []
         for seed in ([] if scenes else seeds):
-            folder = root / f"scene_{seed}_{width}x{height}"
+            variant = "" if (synth_views, synth_detail) == (48, 1.0) else f"_{synth_views}v_d{synth_detail:g}"
+            folder = root / f"scene_{seed}_{width}x{height}{variant}"
             if not (folder / "synth.json").exists():
                 t = time.perf_counter()
-                generate_scene(folder, SynthOptions(seed=seed, width=width, height=height), force=True)
-                print(f"built-in scene seed {seed} at {width}x{height} generated in {time.perf_counter() - t:.1f} s")
+                generate_scene(folder, SynthOptions(seed=seed, width=width, height=height, views=synth_views,
+                                                    detail=synth_detail), force=True)
+                print(f"built-in scene seed {seed} at {width}x{height}, {synth_views} views, detail {synth_detail:g} "
+                      f"generated in {time.perf_counter() - t:.1f} s", flush=True)
             folders.append(folder)
         for i, folder in enumerate(folders):
             run = Path(tmp) / f"run_{i}"
@@ -180,18 +193,19 @@ def segment_bench(scenes: list[str] | None, seeds, cache: str | None, synth_size
             cam = scene.cameras[0]
             row = evaluate_segmentation(run, folder / "gt", views=False) if (folder / "gt").is_dir() else {}
             row.update(scene=folder.name, views=len(scene.cameras), size=f"{cam.width}x{cam.height}", seconds=total,
-                       memory=f"{peak_gb:.2f} GB" + ("" if cuda_gb is None else f" (CUDA {cuda_gb:.2f} GB)"))
+                       memory=f"{peak_gb:.2f} GB" + ("" if cuda_gb is None else f" (CUDA {cuda_gb:.2f} GB)"),
+                       stages=" / ".join(f"{summary['timing_s'].get(k, 0):.0f}" for k in STAGES))
             rows.append(row)
     print("| scene | views | size | Gaussians | objects | instances | mIoU | left in background | strays | seconds "
-          "| peak memory |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          f"| {' / '.join(STAGES)} s | peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "miou_3d" in r:
             q = (f"{r['gaussians']} | {r['objects']} | {r['predicted_instances']} | {r['miou_3d']:.3f} | "
                  f"{100 * r['left_in_background']:.1f} % | {100 * r['strays']:.1f} %")
         else:
             q = "– | – | – | – | – | –"
-        print(f"| {r['scene']} | {r['views']} | {r['size']} | {q} | {r['seconds']:.0f} | {r['memory']} |")
+        print(f"| {r['scene']} | {r['views']} | {r['size']} | {q} | {r['seconds']:.0f} | {r['stages']} | {r['memory']} |")
     return 0
 
 
@@ -302,7 +316,9 @@ def run(args) -> int:
     from ..render import gsplat_backend
 
     if args.what == "segment":
-        return segment_bench(args.scene, args.seeds, args.cache, args.synth_size)
+        if args.scale:  # issue 19's real-size scene
+            return segment_bench(None, args.seeds[:1], args.cache, "1000x750", 200, 2.2)
+        return segment_bench(args.scene, args.seeds, args.cache, args.synth_size, args.synth_views, args.synth_detail)
     if args.what == "ablation":
         return ablation_bench(args.seeds, args.cache)
     if args.what == "complete":

@@ -56,6 +56,7 @@ class SynthOptions:
     mask_noise: float = 0.5
     object_spacing: float = 0.0025  # metres between surfels on objects
     table_spacing: float = 0.004
+    detail: float = 1.0  # both spacings divided by this: detail² times the Gaussians (a real capture's 300k+)
 
 
 def _progress(stage: str, total: int):
@@ -71,6 +72,8 @@ def generate_scene(out: str | os.PathLike, opts: SynthOptions, force: bool = Fal
         raise InstaSceneError("folder exists and is not empty (use --force to replace it)", out)
     if opts.objects < 1 or opts.views < 3 or opts.width < 16 or opts.height < 16:
         raise InstaSceneError("need at least 1 object, 3 views and 16x16 pixels")
+    if not 0.25 <= opts.detail <= 8.0:
+        raise InstaSceneError(f"--detail must be in [0.25, 8], got {opts.detail}")
     if not 0.0 <= opts.mask_noise <= 1.0:
         raise InstaSceneError(f"--mask-noise must be in [0, 1], got {opts.mask_noise}")
     rng = np.random.default_rng(opts.seed)
@@ -83,10 +86,10 @@ def generate_scene(out: str | os.PathLike, opts: SynthOptions, force: bool = Fal
     spread = float(np.linalg.norm(all_v[:, :2] - center[:2], axis=1).max())
     height = float(all_v[:, 2].max())
 
-    surfels = [object_surfels(o, P, i, opts.object_spacing, rng) for i, (o, P) in enumerate(zip(objects, poses))]
+    surfels = [object_surfels(o, P, i, opts.object_spacing / opts.detail, rng) for i, (o, P) in enumerate(zip(objects, poses))]
     table_tex = np.asarray(Image.open(data_path() / "table" / "table.png").convert("RGB"), np.float32) / 255.0
     table_radius = 1.8 * spread + 0.05
-    surfels.append(table_surfels(center, table_radius, opts.table_spacing, table_tex, rng))
+    surfels.append(table_surfels(center, table_radius, opts.table_spacing / opts.detail, table_tex, rng))
     support = {"kind": "disc", "center": center.round(6).tolist(), "radius": round(table_radius, 6)}
     S = SurfelSet.concat(surfels)
 
