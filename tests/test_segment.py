@@ -156,6 +156,10 @@ def test_segment_cli_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "instascene", "info", str(tmp_path / ("i" * 300))],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    # the real-size benchmark makes its own scene: a scene given with it is a mistake, not ignored
+    r = subprocess.run([sys.executable, "-m", "instascene", "bench", "segment", "--scale", "--scene", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "leave out --scene" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def _surface_scene(rng):

@@ -156,8 +156,9 @@ def segment_bench(scenes: list[str] | None, seeds, cache: str | None, synth_size
                   synth_detail: float = 1.0) -> int:
     """Segment each scene (the built-in scenes of `seeds` at `synth_size`, `synth_views`
     and `synth_detail` by default): time per stage, peak memory, and where the scene
-    has ground truth the quality a user sees — one-to-one mIoU on Gaussians, objects' Gaussians left in the background,
-    other objects' or background Gaussians inside instances, instances against objects.
+    has ground truth the quality a user sees — one-to-one mIoU on Gaussians, objects'
+    Gaussians left in the background, other objects' or background Gaussians inside
+    instances, instances against objects.
     Each scene runs in a fresh process, so its peak memory (RSS) is its own."""
     import multiprocessing
     import tempfile
@@ -317,6 +318,10 @@ def run(args) -> int:
 
     if args.what == "segment":
         if args.scale:  # issue 19's real-size scene
+            from ..errors import InstaSceneError
+
+            if args.scene:
+                raise InstaSceneError("--scale generates its own scene; leave out --scene")
             return segment_bench(None, args.seeds[:1], args.cache, "1000x750", 200, 2.2)
         return segment_bench(args.scene, args.seeds, args.cache, args.synth_size, args.synth_views, args.synth_detail)
     if args.what == "ablation":
