@@ -175,7 +175,8 @@ def segment_bench(scenes: list[str] | None, seeds, cache: str | None, synth_size
         root = Path(cache or tmp)
         folders = [Path(s) for s in scenes] if scenes else []
         for seed in ([] if scenes else seeds):
-            variant = "" if (synth_views, synth_detail) == (48, 1.0) else f"_{synth_views}v_d{synth_detail:g}"
+            default = (synth_views, synth_detail) == (SynthOptions.views, SynthOptions.detail)
+            variant = "" if default else f"_{synth_views}v_d{synth_detail:g}"  # earlier caches keep their names
             folder = root / f"scene_{seed}_{width}x{height}{variant}"
             if not (folder / "synth.json").exists():
                 t = time.perf_counter()
@@ -206,7 +207,8 @@ def segment_bench(scenes: list[str] | None, seeds, cache: str | None, synth_size
                  f"{100 * r['left_in_background']:.1f} % | {100 * r['strays']:.1f} %")
         else:
             q = "– | – | – | – | – | –"
-        print(f"| {r['scene']} | {r['views']} | {r['size']} | {q} | {r['seconds']:.0f} | {r['stages']} | {r['memory']} |")
+        print(f"| {r['scene']} | {r['views']} | {r['size']} | {q} | {r['seconds']:.0f} | {r['stages']} "
+              f"| {r['memory']} |")
     return 0
 
 

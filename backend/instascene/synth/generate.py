@@ -86,7 +86,8 @@ def generate_scene(out: str | os.PathLike, opts: SynthOptions, force: bool = Fal
     spread = float(np.linalg.norm(all_v[:, :2] - center[:2], axis=1).max())
     height = float(all_v[:, 2].max())
 
-    surfels = [object_surfels(o, P, i, opts.object_spacing / opts.detail, rng) for i, (o, P) in enumerate(zip(objects, poses))]
+    surfels = [object_surfels(o, P, i, opts.object_spacing / opts.detail, rng)
+               for i, (o, P) in enumerate(zip(objects, poses))]
     table_tex = np.asarray(Image.open(data_path() / "table" / "table.png").convert("RGB"), np.float32) / 255.0
     table_radius = 1.8 * spread + 0.05
     surfels.append(table_surfels(center, table_radius, opts.table_spacing / opts.detail, table_tex, rng))
