@@ -1,24 +1,27 @@
-"""Background completion: close the support surface where the objects hid it.
+"""Background completion: close the surfaces the objects hid.
 
 No camera saw the table under an object, so the observed background has a hole in
 every footprint (and in the strips behind objects that every view had occluded);
 moving an object aside shows void. InstaScene refines the background with new
 Gaussians in the removed region (`refineBackgroud`, method.md §in-situ generation);
-here, on the support plane that the objects' completion already uses:
+here, on the support plane that the objects' completion already uses and on every
+further plane the background holds (a wall behind, a floor: `background_planes`):
 
   1. a grid on the plane at the observed surfels' spacing; each cell's coverage is the
-     opacity the observed plane surfels give it (shape.disc_alpha). The support region
-     is the convex hull of the covered cells (a table top, a floor patch); a bare cell
-     inside it is a hole;
-  2. colour where a real view sees the bare spot after all: the visible surface there
-     is at the plane's depth and labelled background (the scene evidence the objects'
-     completion computed, no new rasterization) — the pixel's colour;
-  3. texture for the rest: each hole copies the colours of a shifted patch of nearby
-     known surface whose ring around the hole matches best, so the grain or the
-     carpet continues, plus a biharmonic correction of the difference along the
-     hole's border so the copy meets it without a seam;
-  4. one surfel per hole cell, on the plane, with the observed surfels' size and
-     opacity.
+     opacity the observed surfels lying on the plane give it (shape.disc_alpha). The
+     surface's extent is the convex hull of the covered cells (a table top, a wall);
+     a bare cell inside it is a hole;
+  2. texture: each hole copies the colours of a shifted patch of nearby known surface
+     whose ring around the hole matches best, so the grain or the carpet continues,
+     plus a harmonic correction of the difference along the hole's border so the copy
+     meets it without a seam;
+  3. one surfel per hole cell, on the plane, with the observed surfels' size and
+     opacity (`close_background`);
+  4. the colours fitted to the real views where they show after all (the rims of the
+     footprints, gaps between observed surfels): the scene evidence of the objects'
+     completion is rasterized with the new surfels in place and keeps the pixels'
+     composited pairs, a contribution cache — no second rasterization; what stays
+     hidden takes the texture again, anchored on the fitted colours (`fit_background`).
 
 The result is written as RUN/background_completed.ply: the observed background first,
 unchanged, then the new surfels.
@@ -26,13 +29,15 @@ unchanged, then the new surfels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from ..io.splats import SH_C0, Splats
-from .evidence import SceneEvidence, in_frame, project
+from .evidence import SceneEvidence
+from .finetune import FinetuneParams
 from .shape import disc_alpha, idw_colors, surfel_spacing
 
 
@@ -47,8 +52,14 @@ class BackgroundParams:
     max_shifts: int = 2500  # candidate source offsets per hole
     rounds: int = 4  # copy rounds for holes no single patch can fill
     min_patch_cells: int = 8  # smaller holes are gaps between surfels: nearest colour, no patch
-    seen_tolerance: float = 1.5  # cells: a view sees a bare spot when its visible depth is this close
     chunk: int = 20_000  # cells per coverage batch (memory)
+    rim_cells: int = 4  # bare cells this close to the surface's outline are its rim, not a hole, unless wider
+    max_planes: int = 3  # the support plane and at most this many minus one further planes (walls, a floor)
+    min_plane_share: float = 0.1  # ... each holding at least this share of the background's surfels
+    min_plane_surfels: int = 500  # ... and at least this many
+    fit_share: float = 0.05  # a pixel is fitted where the new surfels give at least this weight
+    fit_seen: float = 1.0  # a new surfel keeps its fitted colour when seen for this many pixels' worth of weight
+    fit: FinetuneParams = field(default_factory=FinetuneParams)
 
 
 @dataclass
@@ -97,26 +108,6 @@ def support_surfels(background: Splats, plane, tol: float, max_tilt_deg: float) 
     means = background.means.astype(np.float64)
     normals = quat_to_rotmat(background.unit_quats().astype(np.float64))[:, :, 2]
     return (np.abs(means @ n + d) < tol) & (np.abs(normals @ n) > np.cos(np.radians(max_tilt_deg)))
-
-
-def seen_colors(ev: SceneEvidence, image, points: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per point, the mean colour of the real pixels whose visible surface is the point
-    itself (at its depth within `tol`, labelled background), and whether any was.
-    `image(name)` gives a view's RGB in [0, 1] or None; only views that see a point load."""
-    acc = np.zeros((len(points), 3))
-    count = np.zeros(len(points))
-    for cam, depth, label in zip(ev.cameras, ev.depth, ev.label):
-        u, v, z = project(cam, points)
-        ok = in_frame(cam, u, v, z)
-        i = np.flatnonzero(ok)
-        ok[i] = (np.abs(depth[v[i], u[i]] - z[i]) < tol) & (label[v[i], u[i]] == -1)
-        i = np.flatnonzero(ok)
-        img = image(cam.name) if len(i) else None
-        if img is None:
-            continue
-        acc[i] += img[v[i], u[i], :3]
-        count[i] += 1
-    return acc / np.maximum(count, 1)[:, None], count > 0
 
 
 def fill_holes(colors: np.ndarray, known: np.ndarray, holes: np.ndarray, p: BackgroundParams) -> np.ndarray:
@@ -179,10 +170,12 @@ def _copy_patch(out: np.ndarray, known: np.ndarray, lab: np.ndarray, k: int, box
     hi2, hj2, hok = shifted(hi, hj)
     diff = ((out[ri2, rj2] - out[ri, rj][None]) ** 2).sum(-1)
     cost = np.where(rok, diff, 0).sum(1) / np.maximum(rok.sum(1), 1)
-    score = hok.mean(1) * rok.mean(1)
-    best = np.flatnonzero(score >= score.max() - 1e-9)
+    # the sources that fill the most of the hole; among them the best match on its ring
+    # (half the ring is enough to judge: a hole at the surface's edge has a ring on one side)
+    fills, judged = hok.mean(1), rok.mean(1)
+    best = np.flatnonzero((fills >= fills.max() - 1e-9) & (judged >= 0.5 * judged.max()))
     b = best[np.argmin(cost[best])]
-    if score[b] <= 0:
+    if fills[b] <= 0 or judged[b] <= 0:
         return
     take, rtake = hok[b], rok[b]
     # the copy's mismatch along the border, spread smoothly over what it fills
@@ -225,70 +218,206 @@ def _harmonic(values: np.ndarray, unknown: np.ndarray, fixed: np.ndarray, iterat
     return out
 
 
-def complete_background(background: Splats, plane, ev: SceneEvidence | None = None, image=None,
-                        p: BackgroundParams | None = None) -> tuple[Splats, dict]:
-    """The new surfels that close the support surface, and what was done (JSON-ready)."""
+
+
+def background_planes(background: Splats, support, p: BackgroundParams) -> list:
+    """The planes to close: the support plane, then each further plane (a wall, a floor)
+    that holds at least `min_plane_share` of the background's surfels lying flat on it
+    (RANSAC on what the planes found so far leave), at most `max_planes` in all."""
+    from ..segment.instances import dominant_plane
+
+    if support is None:
+        return []
+    planes = [support]
+    means = background.means.astype(np.float64)
+    spacing = surfel_spacing(means)
+    tol = p.plane_tolerance * spacing
+    left = ~support_surfels(background, support, tol, p.max_tilt_deg)
+    need = max(p.min_plane_surfels, p.min_plane_share * len(background))
+    while len(planes) < p.max_planes and left.sum() >= need:
+        plane = dominant_plane(means[left], tol)
+        on = support_surfels(background, plane, tol, p.max_tilt_deg) & left
+        if on.sum() < need:
+            break
+        planes.append(plane)
+        left &= ~on
+    return planes
+
+
+@dataclass
+class PlaneHoles:
+    """One plane's grid: where the observed surfels cover it, and the holes to close."""
+
+    plane: tuple
+    grid: PlaneGrid
+    alpha: np.ndarray  # [h, w] opacity the observed surfels give each cell
+    region: np.ndarray  # [h, w] the surface's extent: the convex hull of the covered cells, less its bare rim
+    holes: np.ndarray  # [h, w] bare cells inside it
+    colors: np.ndarray  # [h, w, 3] observed colour where covered, the texture fill in the holes
+    tol: float  # distance within which a surfel lies on the plane
+    sigma: float  # the new surfels' scale
+    opacity: float  # ... and opacity
+
+    @property
+    def covered(self) -> np.ndarray:
+        return self.alpha >= 0.5
+
+
+def plane_holes(background: Splats, plane, p: BackgroundParams) -> PlaneHoles | str:
+    """The holes of `plane` in the observed background, their texture filled from the
+    surface around them (or, as a string, why there is nothing to close)."""
+    from skimage.morphology import convex_hull_image
+
+    spacing = surfel_spacing(background.means.astype(np.float64))
+    on = support_surfels(background, plane, p.plane_tolerance * spacing, p.max_tilt_deg)
+    if on.sum() < 100:
+        return "too few background surfels lie on the plane"
+    flat = background.subset(on)
+    fm = flat.means.astype(np.float64)
+    spacing = surfel_spacing(fm)
+    tol = p.plane_tolerance * spacing
+    grid = plane_grid(fm, plane, spacing, p.max_cells)
+    centers = grid.centers()
+    alpha = np.concatenate([disc_alpha(flat, centers[i: i + p.chunk], tol)
+                            for i in range(0, len(centers), p.chunk)]).reshape(grid.shape)
+    covered = alpha >= p.cover_alpha
+    region = convex_hull_image(covered)
+    holes = region & ~covered
+    # the hull's straight edges cut across the surface's scalloped rim: the thin bare
+    # fringe along it is no hole (it would grow a ring around a round table); a hole at
+    # the rim is kept where it is wide (a footprint at the table's edge)
+    near_rim = ~ndimage.binary_erosion(region, iterations=p.rim_cells)
+    holes &= ~near_rim | ndimage.binary_opening(holes, np.ones((3, 3), bool), iterations=p.rim_cells)
+    region &= covered | holes
+    colors = np.zeros((*grid.shape, 3))
+    colors[covered] = idw_colors(fm, flat.base_colors().astype(np.float64), centers[covered.ravel()], k=4)
+    colors = np.clip(fill_holes(colors, covered, holes, p), 0.0, 1.0)
+    sigma = max(float(np.median(np.sqrt(flat.scales().prod(1)))), 0.6 * grid.cell)
+    opacity = float(np.clip(np.median(flat.opacities()), 0.5, 0.99))
+    return PlaneHoles(plane, grid, alpha, region, holes, colors, tol, sigma, opacity)
+
+
+def hole_surfels(ph: PlaneHoles, like: Splats) -> Splats:
+    """One surfel per hole cell, on the plane, with the observed surfels' size and
+    opacity and the cell's colour (SH degree and extras as `like`)."""
     from ..io.rotations import rotmat_to_quat
     from ..synth.surfels import tangent_frames
 
-    p = p or BackgroundParams()
-    bg = background.to_2dgs()
-    empty = bg.subset(np.zeros(len(bg), bool))
-    if plane is None or len(bg) < 100:
-        return empty, {"new_gaussians": 0, "reason": "no support plane in the background"}
-    spacing = surfel_spacing(bg.means.astype(np.float64))
-    on = support_surfels(bg, plane, p.plane_tolerance * spacing, p.max_tilt_deg)
-    if on.sum() < 100:
-        return empty, {"new_gaussians": 0, "reason": "too few background surfels lie on the support plane"}
-    flat = bg.subset(on)
-    fm = flat.means.astype(np.float64)
-    spacing = surfel_spacing(fm)
-    grid = plane_grid(fm, plane, spacing, p.max_cells)
-    centers = grid.centers()
-    alpha = np.concatenate([disc_alpha(flat, centers[i: i + p.chunk], p.plane_tolerance * spacing)
-                            for i in range(0, len(centers), p.chunk)]).reshape(grid.shape)
-    covered = alpha >= p.cover_alpha
-    from skimage.morphology import convex_hull_image
-
-    region = convex_hull_image(covered)
-    holes = region & ~covered
-    info = {"plane": {"normal": np.round(grid.normal, 5).tolist(), "offset": round(float(plane[1]), 6)},
-            "cell": round(grid.cell, 6), "grid": list(grid.shape),
-            "coverage_observed": round(float(covered[region].mean()), 4)}
-    if not holes.any():
-        return empty, {**info, "new_gaussians": 0, "coverage_completed": info["coverage_observed"]}
-
-    colors = np.zeros((*grid.shape, 3))
-    colors[covered] = idw_colors(fm, flat.base_colors().astype(np.float64), centers[covered.ravel()], k=4)
-    known = covered.copy()
-    seen = 0
-    if ev is not None and image is not None:
-        hole_idx = np.flatnonzero(holes.ravel())
-        rgb, ok = seen_colors(ev, image, centers[hole_idx], p.seen_tolerance * grid.cell)
-        hi, hj = np.unravel_index(hole_idx[ok], grid.shape)
-        colors[hi, hj] = rgb[ok]
-        known[hi, hj] = True
-        seen = int(ok.sum())
-    colors = np.clip(fill_holes(colors, known, holes, p), 0.0, 1.0)
-
-    hi, hj = np.nonzero(holes)
-    pts = centers[hi * grid.shape[1] + hj]
+    hi, hj = np.nonzero(ph.holes)
+    pts = ph.grid.centers()[hi * ph.grid.shape[1] + hj]
     n = len(pts)
-    sigma = max(float(np.median(np.sqrt(flat.scales().prod(1)))), 0.6 * grid.cell)
-    opacity = float(np.clip(np.median(flat.opacities()), 0.5, 0.99))
-    rot = rotmat_to_quat(tangent_frames(np.tile(grid.normal, (n, 1)))).astype(np.float32)
-    new = Splats(
+    rot = rotmat_to_quat(tangent_frames(np.tile(ph.grid.normal, (n, 1)))).astype(np.float32)
+    return Splats(
         means=pts.astype(np.float32),
         quats=rot,
-        log_scales=np.full((n, 2), np.log(sigma), np.float32),
-        opacity_logits=np.full(n, np.log(opacity / (1 - opacity)), np.float32),
-        sh_dc=((colors[hi, hj] - 0.5) / SH_C0).astype(np.float32),
-        sh_rest=np.zeros((n, bg.sh_rest.shape[1], 3), np.float32),
-        extra={k: np.zeros(n, v.dtype) for k, v in bg.extra.items()},
+        log_scales=np.full((n, 2), np.log(ph.sigma), np.float32),
+        opacity_logits=np.full(n, np.log(ph.opacity / (1 - ph.opacity)), np.float32),
+        sh_dc=((ph.colors[hi, hj] - 0.5) / SH_C0).astype(np.float32),
+        sh_rest=np.zeros((n, like.sh_rest.shape[1], 3), np.float32),
+        extra={k: np.zeros(n, v.dtype) for k, v in like.extra.items()},
     )
-    after = 1.0 - (1.0 - alpha[hi, hj]) * (1.0 - disc_alpha(new, pts, p.plane_tolerance * spacing))
-    covered_after = covered.copy()
-    covered_after[hi, hj] = after >= p.cover_alpha
-    info.update(new_gaussians=n, seen_in_views=seen, holes=int(ndimage.label(holes)[1]),
-                coverage_completed=round(float(covered_after[region].mean()), 4))
-    return new, info
+
+
+def close_background(background: Splats, planes: list, p: BackgroundParams | None = None
+                     ) -> tuple[Splats, list[PlaneHoles], dict]:
+    """The new surfels that close every plane's holes (texture-filled colours; the
+    support plane's first), the planes' grids, and what was done (JSON-ready)."""
+    from .shape import concat_splats
+
+    p = p or BackgroundParams()
+    bg = background.to_2dgs()
+    new = bg.subset(np.zeros(len(bg), bool))
+    if not planes or len(bg) < 100:
+        return new, [], {"new_gaussians": 0, "reason": "no support plane in the background"}
+    closing, records = [], []
+    for plane in planes:
+        ph = plane_holes(bg, plane, p)
+        if isinstance(ph, str):
+            if not closing:
+                return new, [], {"new_gaussians": 0, "reason": ph.replace("the plane", "the support plane")}
+            continue
+        part = hole_surfels(ph, bg)
+        hi, hj = np.nonzero(ph.holes)
+        after = ph.alpha.copy()
+        if len(part):
+            after[hi, hj] = 1.0 - (1.0 - after[hi, hj]) * (1.0 - disc_alpha(part, part.means.astype(np.float64), ph.tol))
+        closing.append(ph)
+        new = concat_splats(new, part)
+        records.append({"normal": np.round(ph.grid.normal, 5).tolist(), "offset": round(float(ph.plane[1]), 6),
+                        "cell": round(ph.grid.cell, 6), "grid": list(ph.grid.shape),
+                        "holes": int(ndimage.label(ph.holes)[1]), "new_gaussians": len(part),
+                        "coverage_observed": round(float(ph.covered[ph.region].mean()), 4),
+                        "coverage_completed": round(float((after >= p.cover_alpha)[ph.region].mean()), 4)})
+    support = records[0]
+    info = {"new_gaussians": len(new), "coverage_observed": support["coverage_observed"],
+            "coverage_completed": support["coverage_completed"], "planes": records}
+    return new, closing, info
+
+
+def complete_background(background: Splats, plane, p: BackgroundParams | None = None
+                        ) -> tuple[Splats, list[PlaneHoles], dict]:
+    """`close_background` on the support `plane` and every further plane the background
+    holds (background_planes)."""
+    p = p or BackgroundParams()
+    planes = background_planes(background.to_2dgs(), plane, p) if plane is not None else []
+    return close_background(background, planes, p)
+
+
+def fit_background(new: Splats, closing: list[PlaneHoles], scene_colors: np.ndarray, ev: SceneEvidence,
+                   image, p: BackgroundParams | None = None) -> tuple[Splats, dict]:
+    """The new surfels' colours fitted to the real views where the background is seen.
+
+    The scene evidence was rasterized with the new surfels appended to the scene
+    (`scene_colors` [N, 3]: every Gaussian's colour, the new ones last) and kept the
+    composited pairs of the pixels where they show (`ev.pairs`); on those of them whose
+    visible surface is background, and the new surfels give at least `fit_share` of the
+    colour, the new colours are fitted by L1 through the contribution cache
+    (finetune.fit_colors, as an object's new Gaussians). A new surfel seen for at least
+    `fit_seen` pixels' worth of weight keeps its fitted colour; the others, hidden under
+    and behind the objects, take the texture fill again, now anchored on the fitted
+    ones too. `image(name)` gives a view's RGB in [0, 1] or None."""
+    from ..render import ContributionCache, View
+    from .finetune import FitView, fit_colors
+
+    p = p or BackgroundParams()
+    n_all, first = len(scene_colors), len(scene_colors) - len(new)
+    if not len(new) or ev.pairs is None:
+        return new, {"fitted": 0, "fit_views": 0}
+    views, contribs, fits, seen = [], [], [], np.zeros(len(new))
+    for cam, pairs, label in zip(ev.cameras, ev.pairs, ev.label):
+        if not len(pairs):
+            continue
+        pix, gid, w = pairs.pixel.numpy(), pairs.gaussian.numpy(), pairs.weight.numpy().astype(np.float64)
+        is_new = gid >= first
+        share = np.bincount(pix[is_new], w[is_new], minlength=cam.width * cam.height)
+        use = (share >= p.fit_share) & (label.reshape(-1) == -1)
+        img = image(cam.name) if use.any() else None
+        if img is None:
+            continue
+        at = use[pix] & is_new
+        seen += np.bincount(gid[at] - first, w[at], minlength=len(new))
+        fits.append(FitView(len(views), img[..., :3].astype(np.float32), use.reshape(label.shape).astype(np.float32), 0.0))
+        views.append(View.from_camera(cam))
+        contribs.append(pairs)
+    if not views:
+        return new, {"fitted": 0, "fit_views": 0}
+    cache = ContributionCache.from_contributions(views, contribs)
+    is_new = torch.zeros(n_all, dtype=torch.bool)
+    is_new[first:] = True
+    colors = fit_colors([cache], [fits], torch.as_tensor(scene_colors, dtype=torch.float32), is_new, p.fit)
+    fitted_colors = colors[first:].numpy().astype(np.float64)
+    fitted = seen >= p.fit_seen
+    out, start = [], 0
+    for ph in closing:  # the unfitted cells: texture again, anchored on the fitted ones
+        n = int(ph.holes.sum())
+        hi, hj = np.nonzero(ph.holes)
+        f = fitted[start: start + n]
+        grid_colors = ph.colors.copy()
+        grid_colors[hi[f], hj[f]] = fitted_colors[start: start + n][f]
+        known = ph.covered.copy()
+        known[hi[f], hj[f]] = True
+        out.append(np.clip(fill_holes(grid_colors, known, ph.holes, p), 0.0, 1.0)[hi, hj])
+        start += n
+    result = Splats(new.means, new.quats, new.log_scales, new.opacity_logits,
+                    ((np.concatenate(out) - 0.5) / SH_C0).astype(np.float32), new.sh_rest, new.extra)
+    return result, {"fitted": int(fitted.sum()), "fit_views": len(views)}

@@ -30,7 +30,7 @@ from ..errors import InstaSceneError
 from ..io.atomic import atomic_write
 from ..io.ply import write_ply
 from ..io.splats import SH_C0
-from .background import BackgroundParams, complete_background
+from .background import BackgroundParams, complete_background, fit_background
 from .evidence import NOTHING, SceneEvidence, camera_scores, in_frame, project, scene_evidence
 from .finetune import FinetuneParams, FitView, fit_colors
 from .generator import GenerationTask
@@ -162,21 +162,18 @@ def complete_run(run_dir, instances=None, generator: str = "auto", weights: str 
     t0 = time.perf_counter()
     means = splats.means.astype(np.float64)
     labels, shed = guard_labels(labels, means, p.guard)
-    prog("evidence", 0.0, f"{len(cams)} views")
     if not quiet:
         print(f"complete: {len(chosen)} instance(s) with the {gen.name} generator; reading {len(cams)} views")
-    ev = scene_evidence(splats, labels, cams, dev, lambda i, n, m: prog("evidence", i / n, m))
     bg = means[labels < 0]
     plane = support_plane(bg, cams, 3 * surfel_spacing(bg)) if len(bg) else None
-    evidence_s = time.perf_counter() - t0
-    prog("background", 0.0, "closing the support surface under the objects")
-    doc["background"] = {**(doc.get("background") or {}),
-                         **complete_scene_background(scene, splats, labels, ev, plane, run, p.background)}
+    ev, record, evidence_s = evidence_and_background(scene, splats, labels, plane, run, p.background, dev, prog)
+    doc["background"] = {**(doc.get("background") or {}), **record}
     _write_json(run / "instances.json", doc)
     if not quiet:
         b = doc["background"]["completion"]
-        print(f"  background: +{b['new_gaussians']} surfels, support surface covered "
-              f"{b.get('coverage_observed', 0):.1%} -> {b.get('coverage_completed', 0):.1%}, {b['seconds']} s")
+        print(f"  background: +{b['new_gaussians']} surfels ({b.get('fitted', 0)} fitted to the views), support "
+              f"surface covered {b.get('coverage_observed', 0):.1%} -> {b.get('coverage_completed', 0):.1%}, "
+              f"{b['seconds']} s")
     done = []
     for j, k in enumerate(chosen):
         prog.index = j + 1
@@ -187,7 +184,7 @@ def complete_run(run_dir, instances=None, generator: str = "auto", weights: str 
         rec = records[k]
         rec["files"] = {**rec.get("files", {}), "completed": f"instances/{k}/completed.ply", "mesh": f"instances/{k}/mesh.ply"}
         rec["status"] = "completed"
-        rec["completion"] = {**info, "shed_to_background": shed.get(k, 0)}
+        rec["completion"] = {**info, "shed": shed.get(k, 0)}
         _write_json(run / "instances.json", doc)  # after each object: progress survives a cancel
         done.append(k)
         if not quiet:
@@ -198,20 +195,33 @@ def complete_run(run_dir, instances=None, generator: str = "auto", weights: str 
     return {"completed": done, "generator": gen.name, "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def complete_scene_background(scene, splats, labels, ev: SceneEvidence, plane, run: Path,
-                              p: BackgroundParams) -> dict:
-    """RUN/background_completed.ply (the observed background, then the new surfels) and
-    its record for instances.json."""
+def evidence_and_background(scene, splats, labels, plane, run: Path, p: BackgroundParams, dev: str, prog
+                            ) -> tuple[SceneEvidence, dict, float]:
+    """The scene evidence (every real view rasterized once), with the new surfels that
+    close the background in place, and RUN/background_completed.ply (the observed
+    background, then the new surfels, their colours fitted to the views through the
+    evidence's pairs); its record for instances.json; the evidence's seconds."""
+    cams = scene.require_cameras()
     t = time.perf_counter()
     observed = splats.subset(labels < 0).to_2dgs()
+    prog("background", 0.0, "closing the surfaces the objects hid")
+    new, closing, info = complete_background(observed, plane, p)
+    closing_s = time.perf_counter() - t
+    t = time.perf_counter()
+    prog("evidence", 0.0, f"{len(cams)} views")
+    with_new = concat_splats(splats, new)
+    ev = scene_evidence(with_new, np.r_[labels, np.full(len(new), -1, labels.dtype)], cams, dev,
+                        lambda i, n, m: prog("evidence", i / n, m), watch=np.arange(len(with_new)) >= len(splats))
+    evidence_s = time.perf_counter() - t
+    t = time.perf_counter()
 
     def image(name):
         return scene.image(name).astype(np.float32) / 255.0 if name in scene.image_paths else None
 
-    new, info = complete_background(observed, plane, ev, image, p)
+    new, fit = fit_background(new, closing, with_new.base_colors().astype(np.float32), ev, image, p)
     write_ply(run / "background_completed.ply", concat_splats(observed, new))
-    info["seconds"] = round(time.perf_counter() - t, 2)
-    return {"file": "background.ply", "completed": "background_completed.ply", "completion": info}
+    info.update(fit, seconds=round(closing_s + time.perf_counter() - t, 2))
+    return ev, {"file": "background.ply", "completed": "background_completed.ply", "completion": info}, evidence_s
 
 
 def _write_json(path: Path, data) -> None:
