@@ -251,16 +251,13 @@ class PlaneHoles:
     plane: tuple
     grid: PlaneGrid
     alpha: np.ndarray  # [h, w] opacity the observed surfels give each cell
+    covered: np.ndarray  # [h, w] alpha >= cover_alpha
     region: np.ndarray  # [h, w] the surface's extent: the convex hull of the covered cells, less its bare rim
     holes: np.ndarray  # [h, w] bare cells inside it
     colors: np.ndarray  # [h, w, 3] observed colour where covered, the texture fill in the holes
     tol: float  # distance within which a surfel lies on the plane
     sigma: float  # the new surfels' scale
     opacity: float  # ... and opacity
-
-    @property
-    def covered(self) -> np.ndarray:
-        return self.alpha >= 0.5
 
 
 def plane_holes(background: Splats, plane, p: BackgroundParams) -> PlaneHoles | str:
@@ -294,7 +291,7 @@ def plane_holes(background: Splats, plane, p: BackgroundParams) -> PlaneHoles | 
     colors = np.clip(fill_holes(colors, covered, holes, p), 0.0, 1.0)
     sigma = max(float(np.median(np.sqrt(flat.scales().prod(1)))), 0.6 * grid.cell)
     opacity = float(np.clip(np.median(flat.opacities()), 0.5, 0.99))
-    return PlaneHoles(plane, grid, alpha, region, holes, colors, tol, sigma, opacity)
+    return PlaneHoles(plane, grid, alpha, covered, region, holes, colors, tol, sigma, opacity)
 
 
 def hole_surfels(ph: PlaneHoles, like: Splats) -> Splats:
@@ -340,7 +337,8 @@ def close_background(background: Splats, planes: list, p: BackgroundParams | Non
         hi, hj = np.nonzero(ph.holes)
         after = ph.alpha.copy()
         if len(part):
-            after[hi, hj] = 1.0 - (1.0 - after[hi, hj]) * (1.0 - disc_alpha(part, part.means.astype(np.float64), ph.tol))
+            own = disc_alpha(part, part.means.astype(np.float64), ph.tol)
+            after[hi, hj] = 1.0 - (1.0 - after[hi, hj]) * (1.0 - own)
         closing.append(ph)
         new = concat_splats(new, part)
         records.append({"normal": np.round(ph.grid.normal, 5).tolist(), "offset": round(float(ph.plane[1]), 6),
@@ -394,9 +392,13 @@ def fit_background(new: Splats, closing: list[PlaneHoles], scene_colors: np.ndar
         img = image(cam.name) if use.any() else None
         if img is None:
             continue
+        if img.shape[:2] != label.shape:  # photos larger than the working cameras
+            img = torch.nn.functional.interpolate(torch.as_tensor(img[..., :3]).permute(2, 0, 1)[None],
+                                                  size=label.shape, mode="area")[0].permute(1, 2, 0).numpy()
         at = use[pix] & is_new
         seen += np.bincount(gid[at] - first, w[at], minlength=len(new))
-        fits.append(FitView(len(views), img[..., :3].astype(np.float32), use.reshape(label.shape).astype(np.float32), 0.0))
+        fits.append(FitView(len(views), img[..., :3].astype(np.float32), use.reshape(label.shape).astype(np.float32),
+                            0.0))
         views.append(View.from_camera(cam))
         contribs.append(pairs)
     if not views:
