@@ -125,6 +125,9 @@ def test_new_surfels_the_views_see_take_the_colour_the_views_show():
     assert np.abs(fitted.base_colors()[in_red] - [0.9, 0.1, 0.1]).mean(1).max() < 0.1
     assert np.abs(fitted.base_colors()[grey] - 0.5).mean(1).max() < 0.1
     np.testing.assert_array_equal(fitted.means, new.means)
+    # memory stays bounded: pairs are kept only in the views asked for
+    one = scene_evidence(scene, np.full(len(scene), -1), cams, watch=watch, watch_views=[2])
+    assert [p is None for p in one.pairs] == [True, True, False, True] and len(one.pairs[2]) > 0
 
 
 def test_a_table_with_nothing_missing_gets_nothing():

@@ -58,6 +58,7 @@ class BackgroundParams:
     min_plane_share: float = 0.1  # ... each holding at least this share of the background's surfels
     min_plane_surfels: int = 500  # ... and at least this many
     fit_share: float = 0.05  # a pixel is fitted where the new surfels give at least this weight
+    fit_views: int = 24  # ... in at most this many real views, spread out (the evidence keeps their pairs)
     fit_seen: float = 1.0  # a new surfel keeps its fitted colour when seen for this many pixels' worth of weight
     fit: FinetuneParams = field(default_factory=FinetuneParams)
 
@@ -366,15 +367,15 @@ def fit_background(new: Splats, closing: list[PlaneHoles], scene_colors: np.ndar
     """The new surfels' colours fitted to the real views where the background is seen.
 
     The scene evidence was rasterized with the new surfels appended to the scene
-    (`scene_colors` [N, 3]: every Gaussian's colour, the new ones last) and kept the
-    composited pairs of the pixels where they show (`ev.pairs`); on those of them whose
-    visible surface is background, and the new surfels give at least `fit_share` of the
-    colour, the new colours are fitted by L1 through the contribution cache
+    (`scene_colors` [N, 3]: every Gaussian's colour, the new ones last) and kept, in up
+    to `fit_views` views, the composited pairs of the pixels where they give at least
+    `fit_share` of the colour (`ev.pairs`); on those of them whose visible surface is
+    background, the new colours are fitted by L1 through the contribution cache
     (finetune.fit_colors, as an object's new Gaussians). A new surfel seen for at least
     `fit_seen` pixels' worth of weight keeps its fitted colour; the others, hidden under
     and behind the objects, take the texture fill again, now anchored on the fitted
     ones too. `image(name)` gives a view's RGB in [0, 1] or None."""
-    from ..render import ContributionCache, View
+    from ..render import ContributionCache, Contributions, View
     from .finetune import FitView, fit_colors
 
     p = p or BackgroundParams()
@@ -383,7 +384,7 @@ def fit_background(new: Splats, closing: list[PlaneHoles], scene_colors: np.ndar
         return new, {"fitted": 0, "fit_views": 0}
     views, contribs, fits, seen = [], [], [], np.zeros(len(new))
     for cam, pairs, label in zip(ev.cameras, ev.pairs, ev.label):
-        if not len(pairs):
+        if pairs is None or not len(pairs):
             continue
         pix, gid, w = pairs.pixel.numpy(), pairs.gaussian.numpy(), pairs.weight.numpy().astype(np.float64)
         is_new = gid >= first
@@ -400,7 +401,8 @@ def fit_background(new: Splats, closing: list[PlaneHoles], scene_colors: np.ndar
         fits.append(FitView(len(views), img[..., :3].astype(np.float32), use.reshape(label.shape).astype(np.float32),
                             0.0))
         views.append(View.from_camera(cam))
-        contribs.append(pairs)
+        contribs.append(Contributions(pairs.width, pairs.height, pairs.n_gaussians, pairs.pixel.long(),
+                                      pairs.gaussian.long(), pairs.transmittance, pairs.weight))
     if not views:
         return new, {"fitted": 0, "fit_views": 0}
     cache = ContributionCache.from_contributions(views, contribs)

@@ -37,30 +37,34 @@ class SceneEvidence:
     label: list[np.ndarray]  # [H, W] int32 instance of the visible surface, -1 background, NOTHING empty
     first_depth: list[np.ndarray]  # [H, W] float32 camera z of the first surface the ray meets, inf where none
     first_label: list[np.ndarray]  # [H, W] int32 its instance
-    pairs: list | None = None  # per view, render.Contributions of the pixels where `watch`ed Gaussians show
-
-
-WATCH_WEIGHT = 1e-3  # a watched Gaussian shows at a pixel where its blending weight exceeds this
+    # per view (None where not kept), render.Contributions — int32 pixel and Gaussian, the
+    # weight, no transmittance — of the pixels where `watch`ed Gaussians show
+    pairs: list | None = None
 
 
 def scene_evidence(splats, labels: np.ndarray, cameras, device: str = "cpu", progress=None,
-                   watch: np.ndarray | None = None) -> SceneEvidence:
+                   watch: np.ndarray | None = None, watch_share: float = 0.05,
+                   watch_views=None) -> SceneEvidence:
     """Rasterize every real camera once: per pixel, depth and instance of the visible
     surface (where T crosses 0.5) and of the first surface (where T drops below FIRST_T).
-    With `watch` (bool per Gaussian), also every composited pair of the pixels where a
-    watched Gaussian shows: enough to fit those Gaussians' colours to the real views
-    through a contribution cache without rasterizing again (the closed background).
 
     The two differ where the splats are sparse: a ray that slips through the gaps of an
     object's front surface crosses T = 0.5 on its back side, or on what lies behind. Such
     a depth is right for the picture but says nothing about free space in front of it:
-    carving the object's inside with it hollows a ball into a shell."""
+    carving the object's inside with it hollows a ball into a shell.
+
+    With `watch` (bool per Gaussian), also every composited pair of the pixels where the
+    watched Gaussians give at least `watch_share` of the colour, in the views
+    `watch_views` (indices; all when None): enough to fit those Gaussians' colours to the
+    real views through a contribution cache without rasterizing again (the closed
+    background), in memory bounded by the views chosen."""
     from ..render import Contributions, Gaussians, View
     from ..render.rasterize import crosses, view_fragments
 
     g = Gaussians.from_splats(splats, device=device)
     lab = torch.as_tensor(labels, dtype=torch.int64, device=device)
     watched = None if watch is None else torch.as_tensor(np.asarray(watch, bool), device=device)
+    keep_views = set(range(len(cameras)) if watch_views is None else (int(v) for v in watch_views))
     out = {"depth": [], "label": [], "first_depth": [], "first_label": [], "pairs": [] if watch is not None else None}
     for i, cam in enumerate(cameras):
         n = cam.width * cam.height
@@ -68,20 +72,24 @@ def scene_evidence(splats, labels: np.ndarray, cameras, device: str = "cpu", pro
                 "label": torch.full((n,), NOTHING, dtype=torch.int64, device=device)}
         maps["first_depth"], maps["first_label"] = maps["depth"].clone(), maps["label"].clone()
         parts = []
+        keep_pairs = watched is not None and i in keep_views
         with torch.no_grad():
             for _, fr in view_fragments(g, View.from_camera(cam, device=device)):
                 T, w = fr.transmittance, fr.weight
                 for key, keep in (("", crosses(T, w, 0.5)), ("first_", crosses(T, w, FIRST_T))):
                     maps[key + "depth"][fr.pixel[keep]] = fr.depth[keep].float()
                     maps[key + "label"][fr.pixel[keep]] = lab[fr.gaussian[keep]]
-                if watched is not None:
-                    shows = torch.unique(fr.pixel[watched[fr.gaussian] & (w > WATCH_WEIGHT)])
-                    keep = torch.isin(fr.pixel, shows)
-                    parts.append((fr.pixel[keep], fr.gaussian[keep], T[keep], w[keep]))
+                if keep_pairs:
+                    share = torch.zeros(n, dtype=w.dtype, device=device).index_add_(
+                        0, fr.pixel, torch.where(watched[fr.gaussian], w, torch.zeros_like(w)))
+                    keep = share[fr.pixel] >= watch_share
+                    parts.append((fr.pixel[keep].int().cpu(), fr.gaussian[keep].int().cpu(), w[keep].float().cpu()))
         if watched is not None:
-            pix, gid, T, w = (torch.cat(x).cpu() for x in zip(*parts)) if parts else [torch.zeros(0)] * 4
-            out["pairs"].append(Contributions(cam.width, cam.height, len(g), pix.long(), gid.long(), T.float(),
-                                              w.float()))
+            pairs = None
+            if keep_pairs:
+                pix, gid, w = (torch.cat(x) for x in zip(*parts)) if parts else [torch.zeros(0)] * 3
+                pairs = Contributions(cam.width, cam.height, len(g), pix.int(), gid.int(), w.new_zeros(0), w.float())
+            out["pairs"].append(pairs)
         for key, m in maps.items():
             m = m.reshape(cam.height, cam.width).cpu()
             out[key].append(m.numpy() if m.dtype == torch.float32 else m.int().numpy())

@@ -30,6 +30,7 @@ from ..errors import InstaSceneError
 from ..io.atomic import atomic_write
 from ..io.ply import write_ply
 from ..io.splats import SH_C0
+from ..segment.scene_masks import spread_views
 from .background import BackgroundParams, complete_background, fit_background
 from .evidence import NOTHING, SceneEvidence, camera_scores, in_frame, project, scene_evidence
 from .finetune import FinetuneParams, FitView, fit_colors
@@ -211,7 +212,8 @@ def evidence_and_background(scene, splats, labels, plane, run: Path, p: Backgrou
     prog("evidence", 0.0, f"{len(cams)} views")
     with_new = concat_splats(splats, new)
     ev = scene_evidence(with_new, np.r_[labels, np.full(len(new), -1, labels.dtype)], cams, dev,
-                        lambda i, n, m: prog("evidence", i / n, m), watch=np.arange(len(with_new)) >= len(splats))
+                        lambda i, n, m: prog("evidence", i / n, m), watch=np.arange(len(with_new)) >= len(splats),
+                        watch_share=p.fit_share, watch_views=spread_views(cams, p.fit_views))
     evidence_s = time.perf_counter() - t
     t = time.perf_counter()
 
