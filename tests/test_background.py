@@ -85,6 +85,45 @@ def test_a_wall_behind_the_removed_box_is_closed_too_with_the_walls_texture():
     assert err[1] < 0.05 and err[[0, 2]].max() < 0.02, err  # the stripes continue across the wall too
 
 
+def test_the_fit_keeps_each_planes_new_surfels_in_their_own_colours():
+    """Table and wall closed together, then fitted to views that see both: the wall's
+    new surfels (the second plane's, after the table's in the file) stay wall-coloured
+    and the table's table-coloured — the refill after the fit keeps the planes apart."""
+    import torch
+
+    from instascene.complete.evidence import scene_evidence
+    from instascene.complete.shape import concat_splats
+    from instascene.io.cameras import Camera, intrinsics, look_at
+    from instascene.render import Gaussians, View, rasterize
+
+    s = 0.005
+    g = np.arange(-0.2, 0.2, s) + s / 2
+    x, y = [a.ravel() for a in np.meshgrid(g, g)]
+    table = surfels(np.stack([x, y, np.zeros_like(x)], 1), 2, np.tile([0.8, 0.6, 0.3], (len(x), 1)), s)
+    wy, wz = [a.ravel() for a in np.meshgrid(g, g[g > 0])]
+    wall = surfels(np.stack([np.full_like(wy, 0.2), wy, wz], 1), 0, np.tile([0.2, 0.3, 0.9], (len(wy), 1)), s)
+    hidden_t = (np.abs(x) < 0.05) & (np.abs(y) < 0.05)  # under a removed box
+    hidden_w = (np.abs(wy) < 0.05) & (wz < 0.08)  # its shadow on the wall
+    observed = concat_splats(table.subset(~hidden_t), wall.subset(~hidden_w))
+    cams = [Camera(f"v{i}", 96, 96, intrinsics(120.0, 120.0, 48.0, 48.0),
+                   look_at(np.array([-0.35, 0.25 * np.sin(a), 0.3]), np.array([0.1, 0.0, 0.05])), f"v{i}.png")
+            for i, a in enumerate(np.linspace(-1, 1, 3))]
+    gfull = Gaussians.from_splats(concat_splats(table, wall))
+    with torch.no_grad():
+        images = {c.name: rasterize(gfull, View.from_camera(c)).rgb.numpy() for c in cams}
+    new, closing, info = complete_background(observed, (np.array([0.0, 0.0, 1.0]), 0.0))
+    assert len(closing) == 2
+    scene = concat_splats(observed, new)
+    ev = scene_evidence(scene, np.full(len(scene), -1), cams, watch=np.arange(len(scene)) >= len(observed))
+    fitted, fit = fit_background(new, closing, scene.base_colors(), ev, images.get)
+    assert fit["fitted"] > 0
+    m, c = fitted.means.astype(np.float64), fitted.base_colors()
+    on_wall = np.abs(m[:, 0] - 0.2) < 1e-3
+    assert on_wall.sum() > 50 and (~on_wall).sum() > 50
+    assert np.abs(c[on_wall] - [0.2, 0.3, 0.9]).mean(1).max() < 0.1
+    assert np.abs(c[~on_wall] - [0.8, 0.6, 0.3]).mean(1).max() < 0.1
+
+
 def test_new_surfels_the_views_see_take_the_colour_the_views_show():
     """A patch of table that the observed background lacks but the cameras saw (red,
     unlike anything around it): the texture fill cannot know it, the fit to the views
