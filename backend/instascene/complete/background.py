@@ -358,8 +358,8 @@ def complete_background(background: Splats, plane, p: BackgroundParams | None = 
     """`close_background` on the support `plane` and every further plane the background
     holds (background_planes)."""
     p = p or BackgroundParams()
-    planes = background_planes(background.to_2dgs(), plane, p) if plane is not None else []
-    return close_background(background, planes, p)
+    bg = background.to_2dgs()
+    return close_background(bg, background_planes(bg, plane, p) if plane is not None else [], p)
 
 
 def fit_background(new: Splats, closing: list[PlaneHoles], scene_colors: np.ndarray, ev: SceneEvidence,
@@ -416,12 +416,15 @@ def fit_background(new: Splats, closing: list[PlaneHoles], scene_colors: np.ndar
         n = int(ph.holes.sum())
         hi, hj = np.nonzero(ph.holes)
         f = fitted[start: start + n]
+        start += n
+        if not f.any():  # nothing new to anchor on: the texture fill stands as it was
+            out.append(ph.colors[hi, hj])
+            continue
         grid_colors = ph.colors.copy()
-        grid_colors[hi[f], hj[f]] = fitted_colors[start: start + n][f]
+        grid_colors[hi[f], hj[f]] = fitted_colors[start - n: start][f]
         known = ph.covered.copy()
         known[hi[f], hj[f]] = True
         out.append(np.clip(fill_holes(grid_colors, known, ph.holes, p), 0.0, 1.0)[hi, hj])
-        start += n
     result = Splats(new.means, new.quats, new.log_scales, new.opacity_logits,
                     ((np.concatenate(out) - 0.5) / SH_C0).astype(np.float32), new.sh_rest, new.extra)
     return result, {"fitted": int(fitted.sum()), "fit_views": len(views)}
