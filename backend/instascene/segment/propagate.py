@@ -51,6 +51,8 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from .graphcut import refine_labels
+
 
 @dataclass
 class PropagateParams:
@@ -62,6 +64,7 @@ class PropagateParams:
     background_prior: float = 1e-3  # in units of a median Gaussian's evidence: decides only where nothing else does
     iterations: int = 200  # upper bound; stops once no label changes for 20 iterations
     crease: float = 0.1  # weight of edges between a Gaussian flat on the table and one standing on it
+    cut_smoothness: float | None = 5.0  # μ: then refine by graph cuts (graphcut.py); None: spread labels as they are
 
 
 def label_evidence(contribs, label_maps, n_labels: int) -> np.ndarray:
@@ -102,10 +105,9 @@ def neighbour_graph(means: np.ndarray, normals: np.ndarray, radius: float, p: Pr
     return W
 
 
-def spread(evidence: np.ndarray, W: sp.csr_matrix, clamped: np.ndarray, p: PropagateParams) -> np.ndarray:
-    """Class scores Q [N, C] (rows sum to 1). `evidence` [N, C], class 0 = background;
-    `clamped` rows are fixed to background."""
-    N, C = evidence.shape
+def normalised_evidence(evidence: np.ndarray, clamped: np.ndarray, p: PropagateParams) -> np.ndarray:
+    """[N, C] float64: the evidence in units of a median Gaussian's total, with the small
+    background prior; `clamped` rows are pure background."""
     E = evidence.astype(np.float64)
     total = E.sum(1)
     scale = np.median(total[total > 0]) if (total > 0).any() else 1.0
@@ -113,6 +115,13 @@ def spread(evidence: np.ndarray, W: sp.csr_matrix, clamped: np.ndarray, p: Propa
     E[:, 0] += p.background_prior
     E[clamped] = 0.0
     E[clamped, 0] = 1.0
+    return E
+
+
+def spread(evidence: np.ndarray, W: sp.csr_matrix, clamped: np.ndarray, p: PropagateParams) -> np.ndarray:
+    """Class scores Q [N, C] (rows sum to 1). `evidence` [N, C], class 0 = background;
+    `clamped` rows are fixed to background."""
+    E = normalised_evidence(evidence, clamped, p)
     lam = p.smoothness
     deg = np.asarray(W.sum(1)).ravel()
     denom = E.sum(1) + lam * deg
@@ -167,11 +176,16 @@ def propagate_labels(evidence: np.ndarray, clamped: np.ndarray, normals: np.ndar
                      radius: float, min_gaussians: int, p: PropagateParams = PropagateParams(),
                      features: np.ndarray | None = None) -> np.ndarray:
     """Label per Gaussian: class index from `evidence` [N, C] (0 = background), after
-    spreading over the surface neighbour graph and keeping connected bodies."""
+    spreading over the surface neighbour graph, keeping connected bodies, and the graph
+    cut's refinement of those labels (graphcut.py) with bodies kept again."""
     W = neighbour_graph(means, normals, radius, p, features)
     if p.crease != 1.0:  # the table is flat: a surfel standing across it at the contact is an object's
         W = W.tocoo()
         cut = clamped[W.row] != clamped[W.col]
         W = sp.csr_matrix((np.where(cut, p.crease * W.data, W.data), (W.row, W.col)), shape=W.shape)
     Q = spread(evidence, W, clamped, p)
-    return keep_bodies(Q.argmax(1), Q, W, min_gaussians)
+    labels = keep_bodies(Q.argmax(1), Q, W, min_gaussians)
+    if p.cut_smoothness:
+        cut = refine_labels(labels, normalised_evidence(evidence, clamped, p), W, clamped, p.cut_smoothness)
+        labels = keep_bodies(cut, Q, W, min_gaussians)
+    return labels
