@@ -13,8 +13,10 @@ mIoU on Gaussians:
   + spread (features)
              + every Gaussian labelled by its evidence spread over the neighbour graph
              weighted by feature similarity (the pipeline of session 8)
-  full       + the same spread over the surface-continuity graph instead
-             (propagate.py; the shipped pipeline)
+  + surface graph
+             + the same spread over the surface-continuity graph instead (propagate.py)
+  full       + the spread labels refined by graph cuts on that graph (graphcut.py;
+             the shipped pipeline)
 
 All at the pipeline's working image size (pipeline.working_cameras).
 
@@ -42,7 +44,7 @@ from .postprocess import coarse_instances, consistent_label_maps, vote_labels
 from .propagate import label_evidence
 from .tracker import track_masks
 
-VARIANTS = ("naive", "paper", "crossing", "+ plane", "+ merged", "+ spread (features)", "full")
+VARIANTS = ("naive", "paper", "crossing", "+ plane", "+ merged", "+ spread (features)", "+ surface graph", "full")
 FEATURE_VARIANTS = ("features: noisy 2D only", "features: 3D only", "features: 3D + filtered 2D",
                     "features: all three losses")
 
@@ -130,8 +132,9 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
     filtered = _filter_undersegmented(maps, tracks, cons.undersegmented)
     visible = [np.asarray(tracks.W[f].indices) for f in range(len(views))]
     feats = train_features(cache, filtered, consistent, coarse, visible, FeatureParams(iterations=feature_iterations))
-    feature_graph = replace(ip, propagate=replace(ip.propagate, feature_temperature=0.1, across_surfaces=1.0))
-    for name, graph in (("+ spread (features)", feature_graph), ("full", ip)):
+    no_cut = replace(ip, propagate=replace(ip.propagate, cut_smoothness=None))
+    feature_graph = replace(no_cut, propagate=replace(no_cut.propagate, feature_temperature=0.1, across_surfaces=1.0))
+    for name, graph in (("+ spread (features)", feature_graph), ("+ surface graph", no_cut), ("full", ip)):
         labels = assign_instances(evidence, is_bg, flat, normals, means, eps, min_gaussians, graph,
                                   features=feats.numpy())
         out[name] = hungarian_miou(merge_labels(labels, tracks, means, eps, params.merge), gt).miou
