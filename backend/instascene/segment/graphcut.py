@@ -75,8 +75,8 @@ def expansion_move(labels: np.ndarray, cost: np.ndarray, rows: np.ndarray, cols:
     pair = B + C - A
     scale = min(100.0, _INT_BUDGET / max(float(pair.sum()), 1e-9))
     low = np.minimum(keep, take)
-    stake = lambda x: np.rint(np.minimum(x - low, cap) * scale).astype(np.int32)  # noqa: E731
-    to_source, to_sink = stake(take), stake(keep)  # cut when the Gaussian takes alpha / keeps its label
+    to_source = np.rint(np.minimum(take - low, cap) * scale).astype(np.int32)  # cut when the Gaussian takes alpha
+    to_sink = np.rint(np.minimum(keep - low, cap) * scale).astype(np.int32)  # cut when it keeps its label
     s, t = n, n + 1
     graph = sp.csr_matrix(
         (np.concatenate([to_source, to_sink, np.rint(pair * scale).astype(np.int32)]),
