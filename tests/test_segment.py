@@ -306,6 +306,32 @@ def test_a_neighbours_side_painted_by_the_front_objects_masks_stays_with_its_own
     assert (labels[gt == 0] == 0).all() and (labels[gt == -1] == -1).all()
 
 
+def test_the_cut_joins_a_part_to_its_surface_but_does_not_empty_an_object_many_views_segment():
+    """A 60-Gaussian patch lying in the first ball's surface with its own clear
+    evidence: when few masks delineate it (2 against the ball's 30: a part SAM's masks
+    cut out), the graph cut joins it to the ball; when nearly as many masks as the ball's
+    do (20 against 30), it is an object the views segment apart, and it stays one."""
+    from instascene.segment.instances import InstanceParams, assign_instances
+
+    rng = np.random.default_rng(2)
+    means, normals, gt = _surface_scene(rng)
+    flat = (np.abs(means[:, 2]) < 1e-9) & (np.abs(normals[:, 2]) > 0.9)
+    evidence = np.zeros((len(gt), 4), np.float32)
+    evidence[gt == -1, 0] = 5.0
+    evidence[gt == 0, 1] = 5.0
+    evidence[gt == 1, 3] = 5.0
+    ball = np.flatnonzero(gt == 0)
+    patch = ball[np.argsort(np.linalg.norm(means[ball] - [0.0, 0.0, 0.6], axis=1))[:60]]
+    evidence[patch] = [0.0, 1.0, 8.0, 0.0]
+    args = (np.array([True, False, False, False]), flat, normals, means)
+    part = assign_instances(evidence, *args, radius=0.2, min_gaussians=10, p=InstanceParams(),
+                            masks=np.array([40, 30, 2, 30]))
+    assert (part[patch] == 0).all() and sorted(np.unique(part).tolist()) == [-1, 0, 1]
+    kept = assign_instances(evidence, *args, radius=0.2, min_gaussians=10, p=InstanceParams(),
+                            masks=np.array([40, 30, 20, 30]))
+    assert (kept[patch] == 1).mean() > 0.8 and sorted(np.unique(kept).tolist()) == [-1, 0, 1, 2]
+
+
 def test_an_expansion_move_is_the_exact_best_move():
     """Every α-expansion move is one min cut: on a small random graph it finds the
     labelling of least Potts energy among all keep-or-take-α choices (brute force)."""

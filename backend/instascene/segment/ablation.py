@@ -112,19 +112,21 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
             inst, is_bg = merge_parts(inst, tracks, means, is_bg, eps, params.merge)
         consistent = consistent_label_maps(inst, tracks, maps)
         evidence = label_evidence(contribs, consistent, len(inst))
-        return tracks, cons, is_bg, consistent, evidence, vote_labels(evidence)
+        masks = np.array([len(i.masks) for i in inst])
+        return tracks, cons, is_bg, consistent, evidence, vote_labels(evidence), masks
 
     def objects_only(coarse, is_bg):
         return np.where((coarse >= 0) & ~is_bg[np.maximum(coarse, 0)], coarse, -1)
 
-    _, _, is_bg, _, _, coarse = associate("transmittance", 0, post=replace(params.post, min_masks=2))
+    _, _, is_bg, _, _, coarse, _ = associate("transmittance", 0, post=replace(params.post, min_masks=2))
     out["paper"] = hungarian_miou(objects_only(coarse, is_bg), gt).miou
-    _, _, is_bg, _, _, coarse = associate("crossing", 1)
+    _, _, is_bg, _, _, coarse, _ = associate("crossing", 1)
     labels = objects_only(coarse, is_bg)
     out["crossing"] = hungarian_miou(labels, gt).miou
     labels[flat] = -1
     out["+ plane"] = hungarian_miou(labels, gt).miou
-    tracks, cons, is_bg, consistent, evidence, coarse = associate(params.criterion, params.boundary_px, merge=True)
+    tracks, cons, is_bg, consistent, evidence, coarse, masks = associate(params.criterion, params.boundary_px,
+                                                                         merge=True)
     labels = objects_only(coarse, is_bg)
     labels[flat] = -1
     out["+ merged"] = hungarian_miou(labels, gt).miou
@@ -136,7 +138,7 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
     feature_graph = replace(no_cut, propagate=replace(no_cut.propagate, feature_temperature=0.1, across_surfaces=1.0))
     for name, graph in (("+ spread (features)", feature_graph), ("+ surface graph", no_cut), ("full", ip)):
         labels = assign_instances(evidence, is_bg, flat, normals, means, eps, min_gaussians, graph,
-                                  features=feats.numpy())
+                                  features=feats.numpy(), masks=masks)
         out[name] = hungarian_miou(merge_labels(labels, tracks, means, eps, params.merge), gt).miou
     if not losses:
         return out

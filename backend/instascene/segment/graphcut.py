@@ -21,9 +21,10 @@ that holds none of its Gaussians from before the cut (a class that jumped elsewh
 returns to its earlier labels. A class may vanish: a part the masks cut out of one
 smooth surface (SAM's part masks, a sticker) joins the surface when its evidence does
 not outweigh the boundary it would need. An object meeting its neighbour at a crease,
-where edges are weak, keeps its Gaussians; one meeting it without a crease can be
-emptied into it (measured once, on a 160×120 scene; forbidding it cost more elsewhere:
-docs/benchmarks.md, segmentation, session 13).
+where edges are weak, keeps its Gaussians; one meeting it without a crease could be
+emptied into it, so a class that at least half as many masks delineate as the class
+absorbing it keeps its Gaussians (measured: the emptied parts had 0.05–0.47 of their
+absorber's masks, the one emptied object 0.67; docs/benchmarks.md, session 13).
 """
 
 from __future__ import annotations
@@ -107,9 +108,13 @@ def anchored(new: np.ndarray, old: np.ndarray, W: sp.csr_matrix) -> np.ndarray:
 
 
 def refine_labels(labels: np.ndarray, evidence: np.ndarray, W: sp.csr_matrix, fixed: np.ndarray, mu: float,
-                  cap: float = 20.0, sweeps: int = 4) -> np.ndarray:
+                  cap: float = 20.0, sweeps: int = 4, support: np.ndarray | None = None,
+                  object_support: float = 0.5) -> np.ndarray:
     """α-expansion from `labels` [N] (classes of `evidence` [N, C], median-normalised).
-    `W`: the symmetric surface graph; `fixed` Gaussians keep their label."""
+    `W`: the symmetric surface graph; `fixed` Gaussians keep their label. `support` [C]:
+    how many masks delineate each class (0 for the background); a class the cut would
+    empty into another keeps its Gaussians when it has at least `object_support` times
+    the other's masks — an object as many views segmented apart, not a part."""
     cost = np.minimum(evidence.sum(1, keepdims=True) - evidence, cap)
     coo = sp.triu(W, k=1).tocoo()
     rows, cols, weights = coo.row, coo.col, coo.data.astype(np.float64)
@@ -120,4 +125,11 @@ def refine_labels(labels: np.ndarray, evidence: np.ndarray, W: sp.csr_matrix, fi
             labels = expansion_move(labels, cost, rows, cols, weights, fixed, int(alpha), mu, cap)
         if np.array_equal(labels, before):
             break
-    return anchored(labels, start, W)
+    labels = anchored(labels, start, W)
+    if support is not None:
+        for c in np.setdiff1d(np.unique(start), np.unique(labels)):
+            was = start == c
+            into = np.bincount(labels[was]).argmax()
+            if into > 0 and support[c] >= object_support * support[into]:
+                labels[was] = c
+    return labels

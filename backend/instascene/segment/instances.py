@@ -81,7 +81,7 @@ def background_instances(instances, means: np.ndarray, flat: np.ndarray, p: Inst
 
 def assign_instances(evidence: np.ndarray, is_background: np.ndarray, flat: np.ndarray, normals: np.ndarray,
                      means: np.ndarray, radius: float, min_gaussians: int, p: InstanceParams,
-                     features: np.ndarray | None = None) -> np.ndarray:
+                     features: np.ndarray | None = None, masks: np.ndarray | None = None) -> np.ndarray:
     """Label per Gaussian: its object instance (objects renumbered 0..K-1 in coarse order),
     -1 for background.
 
@@ -91,12 +91,15 @@ def assign_instances(evidence: np.ndarray, is_background: np.ndarray, flat: np.n
     (clamped). `normals`: the surfels' unit normals, for the surface graph; `features`
     weight it only where `p.propagate.feature_temperature` is set. `radius`: the scene's
     connection distance; an object left with fewer than `min_gaussians` (the least a
-    tracked mask needs) is no object."""
+    tracked mask needs) is no object. `masks` [n_coarse]: how many masks each coarse
+    instance holds (graphcut.refine_labels' guard against emptying an object)."""
     is_background = np.asarray(is_background, bool)
     objects = np.flatnonzero(~is_background)
     classes = np.concatenate([evidence[:, is_background].sum(1, keepdims=True), evidence[:, objects]], axis=1)
+    support = None if masks is None else np.r_[0, np.asarray(masks)[objects]]
     labels = propagate_labels(classes, flat, np.asarray(normals, np.float64), means, radius, min_gaussians,
-                              p.propagate, None if features is None else np.asarray(features, np.float32)) - 1
+                              p.propagate, None if features is None else np.asarray(features, np.float32),
+                              support) - 1
     present = np.unique(labels[labels >= 0])
     new_index = np.full(len(objects) + 1, -1)
     new_index[present] = np.arange(len(present))

@@ -161,7 +161,8 @@ def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) 
 
     st.start("instances")
     labels = assign_instances(evidence, is_bg, flat, normals, means, eps, params.min_gaussians,
-                              params.instances, features=feats.cpu().numpy())
+                              params.instances, features=feats.cpu().numpy(),
+                              masks=np.array([len(inst.masks) for inst in coarse]))
     labels = merge_labels(labels, tracks, means, eps, params.merge)
     st.end()
 

@@ -174,10 +174,11 @@ def keep_bodies(labels: np.ndarray, Q: np.ndarray, W: sp.csr_matrix, min_gaussia
 
 def propagate_labels(evidence: np.ndarray, clamped: np.ndarray, normals: np.ndarray, means: np.ndarray,
                      radius: float, min_gaussians: int, p: PropagateParams = PropagateParams(),
-                     features: np.ndarray | None = None) -> np.ndarray:
+                     features: np.ndarray | None = None, support: np.ndarray | None = None) -> np.ndarray:
     """Label per Gaussian: class index from `evidence` [N, C] (0 = background), after
     spreading over the surface neighbour graph, keeping connected bodies, and the graph
-    cut's refinement of those labels (graphcut.py) with bodies kept again."""
+    cut's refinement of those labels (graphcut.py) with bodies kept again. `support` [C]:
+    masks per class, so that the cut does not empty an object into a neighbour."""
     W = neighbour_graph(means, normals, radius, p, features)
     if p.crease != 1.0:  # the table is flat: a surfel standing across it at the contact is an object's
         W = W.tocoo()
@@ -186,6 +187,7 @@ def propagate_labels(evidence: np.ndarray, clamped: np.ndarray, normals: np.ndar
     Q = spread(evidence, W, clamped, p)
     labels = keep_bodies(Q.argmax(1), Q, W, min_gaussians)
     if p.cut_smoothness:
-        cut = refine_labels(labels, normalised_evidence(evidence, clamped, p), W, clamped, p.cut_smoothness)
+        cut = refine_labels(labels, normalised_evidence(evidence, clamped, p), W, clamped, p.cut_smoothness,
+                            support=support)
         labels = keep_bodies(cut, Q, W, min_gaussians)
     return labels
