@@ -23,7 +23,7 @@ smooth surface (SAM's part masks, a sticker) joins the surface when its evidence
 not outweigh the boundary it would need. An object meeting its neighbour at a crease,
 where edges are weak, keeps its Gaussians; one meeting it without a crease could be
 emptied into it, so a class that at least half as many masks delineate as the class
-absorbing it keeps its Gaussians (measured: the emptied parts had 0.05–0.47 of their
+absorbing it keeps its Gaussians (measured: the emptied parts had 0.10–0.47 of their
 absorber's masks, the one emptied object 0.67; docs/benchmarks.md, session 13).
 """
 
