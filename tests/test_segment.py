@@ -179,6 +179,23 @@ def _surface_scene(rng):
     return means, normals, gt
 
 
+def _patch_on_ball(n: int, patch_evidence):
+    """_surface_scene with four classes (table region, ball 0, a patch, ball 1) and the
+    `n` Gaussians on top of ball 0 as that patch: its evidence row `patch_evidence`.
+    Returns means, normals, gt, flat, evidence and the patch's indices."""
+    rng = np.random.default_rng(2)
+    means, normals, gt = _surface_scene(rng)
+    flat = (np.abs(means[:, 2]) < 1e-9) & (np.abs(normals[:, 2]) > 0.9)
+    evidence = np.zeros((len(gt), 4), np.float32)
+    evidence[gt == -1, 0] = 5.0
+    evidence[gt == 0, 1] = 5.0
+    evidence[gt == 1, 3] = 5.0
+    ball = np.flatnonzero(gt == 0)
+    patch = ball[np.argsort(np.linalg.norm(means[ball] - [0.0, 0.0, 0.6], axis=1))[:n]]
+    evidence[patch] = patch_evidence
+    return means, normals, gt, flat, evidence, patch
+
+
 def _features(gt, rng, noise=0.05):
     f = np.eye(16)[gt + 1] + noise * rng.normal(size=(len(gt), 16))
     return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32)
@@ -313,16 +330,7 @@ def test_the_cut_joins_a_part_to_its_surface_but_does_not_empty_an_object_many_v
     do (20 against 30), it is an object the views segment apart, and it stays one."""
     from instascene.segment.instances import InstanceParams, assign_instances
 
-    rng = np.random.default_rng(2)
-    means, normals, gt = _surface_scene(rng)
-    flat = (np.abs(means[:, 2]) < 1e-9) & (np.abs(normals[:, 2]) > 0.9)
-    evidence = np.zeros((len(gt), 4), np.float32)
-    evidence[gt == -1, 0] = 5.0
-    evidence[gt == 0, 1] = 5.0
-    evidence[gt == 1, 3] = 5.0
-    ball = np.flatnonzero(gt == 0)
-    patch = ball[np.argsort(np.linalg.norm(means[ball] - [0.0, 0.0, 0.6], axis=1))[:60]]
-    evidence[patch] = [0.0, 1.0, 8.0, 0.0]
+    means, normals, gt, flat, evidence, patch = _patch_on_ball(60, [0.0, 1.0, 8.0, 0.0])
     args = (np.array([True, False, False, False]), flat, normals, means)
     part = assign_instances(evidence, *args, radius=0.2, min_gaussians=10, p=InstanceParams(),
                             masks=np.array([40, 30, 2, 30]))
@@ -368,17 +376,7 @@ def test_an_instance_left_with_a_few_gaussians_is_no_object():
     surface (a crease), which its masks show clearly."""
     from instascene.segment.instances import InstanceParams, assign_instances
 
-    rng = np.random.default_rng(2)
-    means, normals, gt = _surface_scene(rng)
-    flat = (np.abs(means[:, 2]) < 1e-9) & (np.abs(normals[:, 2]) > 0.9)
-    evidence = np.zeros((len(gt), 4), np.float32)
-    evidence[gt == -1, 0] = 5.0
-    evidence[gt == 0, 1] = 5.0
-    evidence[gt == 1, 3] = 5.0
-    ball = np.flatnonzero(gt == 0)
-    few = ball[np.argsort(np.linalg.norm(means[ball] - [0.0, 0.0, 0.6], axis=1))[:20]]  # a patch on top
-    evidence[few] = [0.0, 1.0, 20.0, 0.0]  # a 20-Gaussian coarse instance on ball 0
-    normals = normals.copy()
+    means, normals, gt, flat, evidence, few = _patch_on_ball(20, [0.0, 1.0, 20.0, 0.0])  # a coarse instance on top
     normals[few] = np.cross(normals[few], [1.0, 0.0, 0.0])  # standing across the ball's surface
     normals[few] /= np.linalg.norm(normals[few], axis=1, keepdims=True)
     args = (np.array([True, False, False, False]), flat, normals, means)

@@ -95,13 +95,18 @@ def expansion_move(labels: np.ndarray, cost: np.ndarray, rows: np.ndarray, cols:
     return out
 
 
+def label_pieces(labels: np.ndarray, W: sp.csr_matrix) -> np.ndarray:
+    """[N] index of each Gaussian's connected piece of its own label in the graph `W`."""
+    coo = W.tocoo()
+    same = labels[coo.row] == labels[coo.col]
+    G = sp.csr_matrix((np.ones(same.sum()), (coo.row[same], coo.col[same])), shape=W.shape)
+    return connected_components(G, directed=False)[1]
+
+
 def anchored(new: np.ndarray, old: np.ndarray, W: sp.csr_matrix) -> np.ndarray:
     """`new` labels, except that a connected piece of a class holding none of that class's
     Gaussians in `old` goes back to `old`."""
-    coo = W.tocoo()
-    same = new[coo.row] == new[coo.col]
-    G = sp.csr_matrix((np.ones(same.sum()), (coo.row[same], coo.col[same])), shape=W.shape)
-    _, comp = connected_components(G, directed=False)
+    comp = label_pieces(new, W)
     kept = np.zeros(comp.max() + 1, bool)
     kept[comp[new == old]] = True
     return np.where(kept[comp], new, old)

@@ -48,10 +48,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from .graphcut import refine_labels
+from .graphcut import label_pieces, refine_labels
 
 
 @dataclass
@@ -147,10 +146,7 @@ def keep_bodies(labels: np.ndarray, Q: np.ndarray, W: sp.csr_matrix, min_gaussia
     labels = labels.copy()
     banned = np.zeros(Q.shape, bool)
     for _ in range(10):
-        coo = W.tocoo()
-        same = labels[coo.row] == labels[coo.col]
-        G = sp.csr_matrix((np.ones(same.sum()), (coo.row[same], coo.col[same])), shape=W.shape)
-        _, comp = connected_components(G, directed=False)
+        comp = label_pieces(labels, W)
         obj = labels > 0
         key = comp[obj]
         sizes = np.bincount(key, minlength=comp.max() + 1)
