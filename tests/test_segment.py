@@ -179,17 +179,23 @@ def _surface_scene(rng):
     return means, normals, gt
 
 
-def _patch_on_ball(n: int, patch_evidence):
-    """_surface_scene with four classes (table region, ball 0, a patch, ball 1) and the
-    `n` Gaussians on top of ball 0 as that patch: its evidence row `patch_evidence`.
-    Returns means, normals, gt, flat, evidence and the patch's indices."""
-    rng = np.random.default_rng(2)
-    means, normals, gt = _surface_scene(rng)
+def _surface_scene_seen(seed: int, n_classes: int = 3):
+    """_surface_scene with its flat table Gaussians and clear evidence: table in class 0,
+    ball 0 in class 1, ball 1 in the last class. Returns means, normals, gt, flat, evidence."""
+    means, normals, gt = _surface_scene(np.random.default_rng(seed))
     flat = (np.abs(means[:, 2]) < 1e-9) & (np.abs(normals[:, 2]) > 0.9)
-    evidence = np.zeros((len(gt), 4), np.float32)
+    evidence = np.zeros((len(gt), n_classes), np.float32)
     evidence[gt == -1, 0] = 5.0
     evidence[gt == 0, 1] = 5.0
-    evidence[gt == 1, 3] = 5.0
+    evidence[gt == 1, n_classes - 1] = 5.0
+    return means, normals, gt, flat, evidence
+
+
+def _patch_on_ball(n: int, patch_evidence):
+    """_surface_scene_seen with four classes (table region, ball 0, a patch, ball 1) and
+    the `n` Gaussians on top of ball 0 as that patch: its evidence row `patch_evidence`.
+    Returns means, normals, gt, flat, evidence and the patch's indices."""
+    means, normals, gt, flat, evidence = _surface_scene_seen(2, 4)
     ball = np.flatnonzero(gt == 0)
     patch = ball[np.argsort(np.linalg.norm(means[ball] - [0.0, 0.0, 0.6], axis=1))[:n]]
     evidence[patch] = patch_evidence
@@ -235,13 +241,7 @@ def test_a_neighbours_gaussians_do_not_ride_along():
     into the first's coarse instance: neither rides along with the first ball."""
     from instascene.segment.instances import InstanceParams, assign_instances
 
-    rng = np.random.default_rng(1)
-    means, normals, gt = _surface_scene(rng)
-    flat = (np.abs(means[:, 2]) < 1e-9) & (np.abs(normals[:, 2]) > 0.9)
-    evidence = np.zeros((len(gt), 3), np.float32)
-    evidence[gt == -1, 0] = 5.0
-    evidence[gt == 0, 1] = 5.0
-    evidence[gt == 1, 2] = 5.0
+    means, normals, gt, flat, evidence = _surface_scene_seen(1)
     near_side = (gt == 1) & (means[:, 0] < 0.4)
     evidence[near_side, 1] = 2.0  # spill: weaker than its own masks
     # a detached speck: ball-1 Gaussians beyond the first ball, with its evidence
@@ -307,13 +307,7 @@ def test_a_neighbours_side_painted_by_the_front_objects_masks_stays_with_its_own
     keeps all of it with its own."""
     from instascene.segment.instances import InstanceParams, assign_instances
 
-    rng = np.random.default_rng(4)
-    means, normals, gt = _surface_scene(rng)
-    flat = (np.abs(means[:, 2]) < 1e-9) & (np.abs(normals[:, 2]) > 0.9)
-    evidence = np.zeros((len(gt), 3), np.float32)
-    evidence[gt == -1, 0] = 5.0
-    evidence[gt == 0, 1] = 5.0
-    evidence[gt == 1, 2] = 5.0
+    means, normals, gt, flat, evidence = _surface_scene_seen(4)
     toward = np.array([-0.5, 0.0, 0.1]) / np.linalg.norm([-0.5, 0.0, 0.1])
     facing = (gt == 1) & (normals @ toward > 0.5)  # 60° around the contact: a quarter of the ball
     evidence[facing] = [0.0, 1.0, 0.2]
