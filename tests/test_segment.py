@@ -363,6 +363,75 @@ def test_an_expansion_move_is_the_exact_best_move():
         assert (moved[fixed] == labels[fixed]).all()
 
 
+def _face_hanging_on_its_object():
+    """Object A (Gaussians 0–9), object B (10–19) and a face of B (20–27) as a graph:
+    each a dense surface (edges of weight 10 along a chain), the face joined to B's
+    body through one Gaussian (ten edges of 1.2, no crease: a neighbour's wall seen past
+    the object in front) and lying against A along its length across a crease (0.75
+    per Gaussian). Its evidence cannot tell A from B. Returns W, evidence (classes 0
+    background, 1 A, 2 B) and the labels spreading gave (the face with A)."""
+    import scipy.sparse as sp
+
+    rows, cols, w = [], [], []
+    for part in (range(0, 10), range(10, 20), range(20, 28)):
+        rows += list(part)[:-1]
+        cols += list(part)[1:]
+        w += [10.0] * (len(part) - 1)
+    rows += [20] * 10
+    cols += list(range(10, 20))
+    w += [1.2] * 10
+    rows += list(range(20, 28))
+    cols += list(range(0, 8))
+    w += [0.75] * 8
+    W = sp.csr_matrix((w, (rows, cols)), shape=(28, 28))
+    evidence = np.zeros((28, 3))
+    evidence[:10, 1] = evidence[10:20, 2] = 20.0
+    evidence[20:, 1:] = 1.0
+    return (W + W.T).tocsr(), evidence, np.r_[np.full(10, 1), np.full(10, 2), np.full(8, 1)]
+
+
+def test_a_face_hanging_on_its_object_by_a_few_strong_edges_moves_whole():
+    """α-expansion caps each Gaussian's stake in a move, so the one Gaussian that holds
+    the face to B pulls with the cap, not with its ten edges: the expansions leave the
+    face with A (all but that Gaussian). Moved as one segment under the exact energy,
+    the face goes to B, and the energy is lower."""
+    import scipy.sparse as sp
+
+    from instascene.segment.graphcut import potts_energy, refine_labels
+
+    W, evidence, labels = _face_hanging_on_its_object()
+    fixed = np.zeros(28, bool)
+    expansions = refine_labels(labels, evidence, W, fixed, mu=5.0)
+    moved = refine_labels(labels, evidence, W, fixed, mu=5.0, strong=0.8)
+    assert (expansions[21:] == 1).all()
+    assert (moved[20:] == 2).all() and (moved[:10] == 1).all() and (moved[10:20] == 2).all()
+    cost = np.minimum(evidence.sum(1, keepdims=True) - evidence, 20.0)
+    e = sp.triu(W, 1).tocoo()
+    assert potts_energy(moved, cost, e.row, e.col, e.data, 5.0) < potts_energy(expansions, cost, e.row, e.col, e.data, 5.0)
+
+
+def test_segment_moves_only_lower_the_energy_and_empty_no_label():
+    """On random graphs: the block moves never raise the Potts energy, every label
+    present before is present after (its largest segment stays), fixed Gaussians keep
+    theirs."""
+    from instascene.segment.graphcut import potts_energy, segment_moves
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        n, C = 60, 4
+        rows, cols = np.triu_indices(n, 1)
+        keep = rng.random(len(rows)) < 0.08
+        rows, cols = rows[keep], cols[keep]
+        weights = rng.uniform(0, 1, len(rows))
+        cost = rng.uniform(0, 2, (n, C))
+        labels = rng.integers(0, C, n)
+        fixed = rng.random(n) < 0.1
+        out = segment_moves(labels, cost, rows, cols, weights, fixed, mu=1.0, strong=0.5)
+        assert potts_energy(out, cost, rows, cols, weights, 1.0) <= potts_energy(labels, cost, rows, cols, weights, 1.0) + 1e-9
+        assert set(np.unique(out)) == set(np.unique(labels))
+        assert (out[fixed] == labels[fixed]).all()
+
+
 def test_an_instance_left_with_a_few_gaussians_is_no_object():
     """Objects are numbered 0..K-1; a coarse instance that ends with fewer Gaussians than
     a tracked mask needs is no object: its Gaussians go to what they sit on. With a

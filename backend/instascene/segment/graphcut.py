@@ -25,6 +25,17 @@ where edges are weak, keeps its Gaussians; one meeting it without a crease could
 emptied into it, so a class that at least half as many masks delineate as the class
 absorbing it keeps its Gaussians (measured: the emptied parts had 0.10–0.47 of their
 absorber's masks, the one emptied object 0.67; docs/benchmarks.md, session 13).
+
+Each Gaussian's stake in an expansion is capped (at the evidence cap): uncapped, a
+weakly seen object hanging on a neighbour along a long contact is swallowed whole
+(practice 22's figurine). The cap has its own blind spot: a face of an object held to
+its body by a few Gaussians with many strong edges, lying against a neighbour across a
+crease, is pulled home with the cap only. So the expansions end with block moves under
+the exact energy (segment_moves): a *segment* — Gaussians of one label joined by
+edges between nearly coplanar surfels — moves whole to the neighbouring label that
+lowers the energy most; a label's largest segment stays, so no object is emptied
+(practice 23 with half its views: a 416-Gaussian jenga wall in the lego, mIoU 0.955 →
+0.990; docs/benchmarks.md, session 14).
 """
 
 from __future__ import annotations
@@ -112,14 +123,79 @@ def anchored(new: np.ndarray, old: np.ndarray, W: sp.csr_matrix) -> np.ndarray:
     return np.where(kept[comp], new, old)
 
 
+def segment_moves(labels: np.ndarray, cost: np.ndarray, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray,
+                  fixed: np.ndarray, mu: float, strong: float, rounds: int = 20) -> np.ndarray:
+    """Block moves under the exact Potts energy: each *segment* — a connected piece of one
+    label whose Gaussians are joined by `strong` edges (one smooth surface, not across a
+    crease) — moves as a whole to the neighbouring label that lowers the energy most.
+    α-expansion with truncated stakes cannot move such a piece when it hangs on its own
+    object by a few strong edges whose stakes the truncation caps (a neighbour's wall
+    seen past the object in front). A label's largest segment never moves, so no label
+    is emptied; segments touching `fixed` Gaussians stay; neighbouring segments never
+    move in the same round, so every round lowers the energy."""
+    labels = labels.copy()
+    n, n_classes = len(labels), cost.shape[1]
+    a = np.concatenate([rows, cols])
+    b = np.concatenate([cols, rows])
+    w = np.concatenate([weights, weights])
+    for _ in range(rounds):
+        inner = (labels[rows] == labels[cols]) & (weights >= strong)
+        graph = sp.csr_matrix((np.ones(inner.sum()), (rows[inner], cols[inner])), shape=(n, n))
+        seg = connected_components(graph, directed=False)[1]
+        n_seg = seg.max() + 1
+        size = np.bincount(seg, minlength=n_seg)
+        seg_label = np.zeros(n_seg, int)
+        seg_label[seg] = labels
+        body = np.full(n_classes, -1)
+        order = np.argsort(size, kind="stable")  # ascending: the last write per label is its largest segment
+        body[seg_label[order]] = order
+        border = seg[a] != seg[b]
+        candidate = np.zeros(n_seg, bool)
+        candidate[seg[a[border]]] = True
+        candidate[seg[fixed]] = False
+        candidate[body[body >= 0]] = False
+        cand = np.flatnonzero(candidate)
+        if not len(cand):
+            break
+        pos = np.full(n_seg, -1)
+        pos[cand] = np.arange(len(cand))
+        mine = np.flatnonzero(pos[seg] >= 0)
+        unary = np.asarray(sp.csr_matrix((np.ones(len(mine)), (pos[seg[mine]], mine)), shape=(len(cand), n)) @ cost)
+        e = border & (pos[seg[a]] >= 0)
+        bound = np.bincount(pos[seg[a[e]]] * n_classes + labels[b[e]], w[e],
+                            minlength=len(cand) * n_classes).reshape(len(cand), n_classes)
+        # E(move to l) − E(stay): unary change, plus the boundary to l that stops counting and that to the own label that starts
+        own = seg_label[cand]
+        delta = unary - unary[np.arange(len(cand)), own][:, None] + mu * (bound[np.arange(len(cand)), own][:, None] - bound)
+        delta[bound <= 0] = np.inf  # only labels the segment touches
+        delta[np.arange(len(cand)), own] = np.inf
+        best = delta.argmin(1)
+        gain = -delta[np.arange(len(cand)), best]
+        movers = np.flatnonzero(gain > 1e-9)
+        if not len(movers):
+            break
+        # an independent set of the movers, greediest first: their gains add up exactly
+        adjacent = sp.csr_matrix((np.ones(e.sum()), (pos[seg[a[e]]], seg[b[e]])), shape=(len(cand), n_seg)).tolil().rows
+        blocked = np.zeros(n_seg, bool)
+        for i in movers[np.argsort(-gain[movers], kind="stable")]:
+            if not blocked[cand[i]]:
+                seg_label[cand[i]] = best[i]
+                blocked[cand[i]] = True
+                blocked[adjacent[i]] = True
+        labels = seg_label[seg]
+    return labels
+
+
 def refine_labels(labels: np.ndarray, evidence: np.ndarray, W: sp.csr_matrix, fixed: np.ndarray, mu: float,
                   cap: float = 20.0, sweeps: int = 4, support: np.ndarray | None = None,
-                  object_support: float = 0.5) -> np.ndarray:
+                  object_support: float = 0.5, strong: float | None = None) -> np.ndarray:
     """α-expansion from `labels` [N] (classes of `evidence` [N, C], median-normalised).
     `W`: the symmetric surface graph; `fixed` Gaussians keep their label. `support` [C]:
     how many masks delineate each class (0 for the background); a class the cut would
     empty into another keeps its Gaussians when it has at least `object_support` times
-    the other's masks — an object as many views segmented apart, not a part."""
+    the other's masks — an object as many views segmented apart, not a part. `strong`:
+    the edge weight that joins Gaussians into one segment for the block moves that
+    follow the expansions (segment_moves; None: none)."""
     cost = np.minimum(evidence.sum(1, keepdims=True) - evidence, cap)
     coo = sp.triu(W, k=1).tocoo()
     rows, cols, weights = coo.row, coo.col, coo.data.astype(np.float64)
@@ -137,4 +213,6 @@ def refine_labels(labels: np.ndarray, evidence: np.ndarray, W: sp.csr_matrix, fi
             into = np.bincount(labels[was]).argmax()
             if into > 0 and support[c] >= object_support * support[into]:
                 labels[was] = c
+    if strong is not None:
+        labels = segment_moves(labels, cost, rows, cols, weights, fixed, mu, strong)
     return labels

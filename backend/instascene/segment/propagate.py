@@ -64,6 +64,7 @@ class PropagateParams:
     iterations: int = 200  # upper bound; stops once no label changes for 20 iterations
     crease: float = 0.1  # weight of edges between a Gaussian flat on the table and one standing on it
     cut_smoothness: float | None = 5.0  # μ: then refine by graph cuts (graphcut.py); None: spread labels as they are
+    segment_offset: float | None = 0.5  # the cut's block moves join surfels this share of σ off each other's planes
 
 
 def label_evidence(contribs, label_maps, n_labels: int) -> np.ndarray:
@@ -183,7 +184,9 @@ def propagate_labels(evidence: np.ndarray, clamped: np.ndarray, normals: np.ndar
     Q = spread(evidence, W, clamped, p)
     labels = keep_bodies(Q.argmax(1), Q, W, min_gaussians)
     if p.cut_smoothness:
+        strong = None if p.segment_offset is None else \
+            p.across_surfaces + (1.0 - p.across_surfaces) * float(np.exp(-p.segment_offset ** 2))
         cut = refine_labels(labels, normalised_evidence(evidence, clamped, p), W, clamped, p.cut_smoothness,
-                            support=support)
+                            support=support, strong=strong)
         labels = keep_bodies(cut, Q, W, min_gaussians)
     return labels
