@@ -482,6 +482,38 @@ def test_a_toy_split_by_its_masks_into_two_halves_is_one_instance():
     assert not is_bg.any()
 
 
+def test_a_part_seen_in_a_few_views_joins_the_body_its_masks_reach_into():
+    """An ear P seen in four views only, masked there together with half of the body B,
+    whose other half is another mask (B has no mask holding most of it there); the
+    views that mask B whole do not see P. No frame has both a holding mask, so the
+    frames cannot decide for the pair; from P's side its masks reach far into B in
+    every view that sees it, and they merge. N, another object touching B, is always
+    masked apart and stays apart."""
+    from instascene.segment.merge import merge_labels, merge_parts
+    from instascene.segment.postprocess import Instance
+
+    body, ear, other = np.arange(0, 400), np.arange(400, 440), np.arange(440, 640)
+    sets, frames = [], []
+    for f in range(10):
+        if f < 4:
+            sets += [set(body[:200]), set(body[200:]) | set(ear), set(other)]
+            frames += [f] * 3
+        else:
+            sets += [set(body), set(other)]
+            frames += [f] * 2
+    t = tracks_from_sets(sets, frames, 640)
+    means = np.zeros((640, 3))
+    means[body, 0] = np.linspace(0.0, 2.0, 400)
+    means[ear, 0] = np.linspace(2.005, 2.2, 40)
+    means[other, 0] = np.linspace(-1.0, -0.005, 200)
+    labels = np.r_[np.zeros(400, int), np.ones(40, int), np.full(200, 2)]
+    pieces = [Instance(np.flatnonzero(labels == k), np.zeros(0, int)) for k in range(3)]
+    assert len(merge_parts(pieces, t, means, np.zeros(3, bool), radius=0.05)[0]) == 3  # frames alone: undecided
+    merged = merge_labels(labels, t, means, radius=0.05)
+    assert len(np.unique(merged)) == 2
+    assert len(np.unique(merged[np.r_[body, ear]])) == 1 and merged[other[0]] != merged[body[0]]
+
+
 def test_a_small_object_masked_in_one_view_only_is_an_instance():
     """A figurine masked cleanly in one view (elsewhere hidden, or missing from the noisy
     masks) is an object; the paper's post-processing drops every part made of fewer than
