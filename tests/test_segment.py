@@ -514,6 +514,29 @@ def test_a_part_seen_in_a_few_views_joins_the_body_its_masks_reach_into():
     assert len(np.unique(merged[np.r_[body, ear]])) == 1 and merged[other[0]] != merged[body[0]]
 
 
+def test_halves_masked_only_from_opposite_sides_join_along_their_smooth_seam():
+    """A ball whose two halves are masked from opposite sides only (views 0–4 see one
+    half, views 5–9 the other): no view shows both, so no view can join or separate
+    them, and each keeps an instance. Their surfaces run smoothly into each other, so
+    they are one object. Seen side by side in one more view, masked apart there, they
+    are two objects that touch, and stay two."""
+    from instascene.segment.merge import join_seams
+    from instascene.segment.propagate import PropagateParams, neighbour_graph, smooth_weight
+
+    dirs = np.random.default_rng(5).normal(size=(1200, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    means = dirs * 0.3
+    labels = (dirs[:, 0] >= 0).astype(int)
+    a, b = set(np.flatnonzero(labels == 0)), set(np.flatnonzero(labels == 1))
+    p = PropagateParams()
+    surface = (neighbour_graph(means, dirs, 0.1, p), smooth_weight(p))
+    apart = tracks_from_sets([a] * 5 + [b] * 5, list(range(10)), 1200)
+    joined = join_seams(labels, apart, *surface)
+    assert len(np.unique(joined)) == 1
+    side_by_side = tracks_from_sets([a] * 5 + [b] * 5 + [a, b], list(range(10)) + [10, 10], 1200)
+    assert (join_seams(labels, side_by_side, *surface) == labels).all()
+
+
 def test_a_small_object_masked_in_one_view_only_is_an_instance():
     """A figurine masked cleanly in one view (elsewhere hidden, or missing from the noisy
     masks) is an object; the paper's post-processing drops every part made of fewer than

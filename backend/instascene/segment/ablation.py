@@ -41,7 +41,7 @@ from .features import FeatureParams, train_features
 from .instances import assign_instances, background_instances, dominant_plane, on_support_plane
 from .merge import merge_labels, merge_parts
 from .postprocess import coarse_instances, consistent_label_maps, vote_labels
-from .propagate import label_evidence
+from .propagate import label_evidence, neighbour_graph, smooth_weight
 from .tracker import track_masks
 
 VARIANTS = ("naive", "paper", "crossing", "+ plane", "+ merged", "+ spread (features)", "+ surface graph", "full")
@@ -136,10 +136,11 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
     feats = train_features(cache, filtered, consistent, coarse, visible, FeatureParams(iterations=feature_iterations))
     no_cut = replace(ip, propagate=replace(ip.propagate, cut_smoothness=None))
     feature_graph = replace(no_cut, propagate=replace(no_cut.propagate, feature_temperature=0.1, across_surfaces=1.0))
+    surface = (neighbour_graph(means, normals, eps, ip.propagate), smooth_weight(ip.propagate))
     for name, graph in (("+ spread (features)", feature_graph), ("+ surface graph", no_cut), ("full", ip)):
         labels = assign_instances(evidence, is_bg, flat, normals, means, eps, min_gaussians, graph,
                                   features=feats.numpy(), masks=masks)
-        out[name] = hungarian_miou(merge_labels(labels, tracks, means, eps, params.merge), gt).miou
+        out[name] = hungarian_miou(merge_labels(labels, tracks, means, eps, params.merge, surface=surface), gt).miou
     if not losses:
         return out
     settings = {  # name: (2D labels, 2D weight, cross-view weight, 3D weight)

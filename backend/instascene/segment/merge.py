@@ -18,7 +18,10 @@ instances a second pass judges each pair from the smaller one's side: a part see
 a few views only is masked with its body there, but the body is often split among
 several masks in those views and has no holding mask; the part's holding mask reaching
 well into the body says they are one (practice 22 with 19 of its views: a 139-Gaussian
-piece of the bunny). Background instances (table, floor, wall) never merge with
+piece of the bunny). Last, two instances that no view shows together — a toy's halves
+masked from opposite sides only — cannot be joined or separated by masks at all; when
+their surfaces run smoothly into each other (join_seams) they are one (seed 21: a duck
+in two halves). Background instances (table, floor, wall) never merge with
 objects. It runs on the coarse instances, so that the feature field and the final
 labels treat the parts as one, and once more on the final instances, whose denser
 Gaussian sets let more views decide. Everything is products over the tracked masks:
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from .postprocess import Instance
@@ -45,6 +49,7 @@ class MergeParams:
     neighbours: int = 8  # nearest Gaussians looked at for contact
     part_covered: float = 0.05  # part_agreement: a frame decides for a part when its masks cover this share of it
     part_reach: float = 0.5  # ... and joins it to a body its holding mask holds this many Gaussians of per part one
+    seam: float = 0.02  # never seen together: one object when smooth-surface edges join them, per Gaussian of the smaller
 
 
 def _membership(instances: list[Instance], n: int) -> sp.csr_matrix:
@@ -156,9 +161,11 @@ def merge_parts(instances: list[Instance], t: MaskTracks, means: np.ndarray, is_
 
 
 def merge_labels(labels: np.ndarray, t: MaskTracks, means: np.ndarray, radius: float,
-                 p: MergeParams = MergeParams()) -> np.ndarray:
+                 p: MergeParams = MergeParams(), surface: tuple[sp.csr_matrix, float] | None = None) -> np.ndarray:
     """`merge_parts` on per-Gaussian object labels (-1 = background), renumbered 0..K-1;
-    then once more, each pair judged from its smaller instance's side (part_agreement)."""
+    then once more, each pair judged from its smaller instance's side (part_agreement);
+    then, where `surface` = (the surfels' graph, the weight of a smooth edge) is given,
+    the pairs no view shows together joined along smooth seams (join_seams)."""
     K = int(labels.max()) + 1 if len(labels) else 0
     if K < 2:
         return labels
@@ -168,4 +175,34 @@ def merge_labels(labels: np.ndarray, t: MaskTracks, means: np.ndarray, radius: f
     out = np.full(len(labels), -1, dtype=labels.dtype)
     for k, inst in enumerate(merged):
         out[inst.gaussians] = k
-    return out
+    return out if surface is None else join_seams(out, t, *surface, p)
+
+
+def join_seams(labels: np.ndarray, t: MaskTracks, surface: sp.csr_matrix, smooth: float,
+               p: MergeParams = MergeParams()) -> np.ndarray:
+    """Instances that no view shows together (no frame whose masks cover `p.min_covered`
+    of each) but whose surfaces run smoothly into each other — edges of weight ≥ `smooth`
+    between them, at least `p.seam` per Gaussian of the smaller — are one object: the two
+    halves of a toy masked from opposite sides, which the masks never had a chance to
+    separate or join. Objects that touch are seen side by side in some view."""
+    K = int(labels.max()) + 1 if len(labels) else 0
+    if K < 2:
+        return labels
+    instances = [Instance(np.flatnonzero(labels == k), np.zeros(0, int)) for k in range(K)]
+    C = np.asarray((t.A @ _membership(instances, t.n_gaussians)).todense())  # [M, K] masks × instances: small
+    per_frame = sp.csr_matrix((np.ones(t.n_masks), (t.frame_of, np.arange(t.n_masks))), shape=(len(t.frames), t.n_masks))
+    sizes = np.array([len(inst.gaussians) for inst in instances], float)
+    seen = (np.asarray(per_frame @ C) >= p.min_covered * sizes[None, :]).astype(np.float64)  # [F, K]
+    together = seen.T @ seen
+    e = sp.triu(surface, k=1).tocoo()
+    a, b = labels[e.row], labels[e.col]
+    keep = (e.data >= smooth) & (a >= 0) & (b >= 0) & (a != b)
+    seam = np.zeros((K, K))
+    np.add.at(seam, (a[keep], b[keep]), 1.0)
+    seam += seam.T
+    join = (together == 0) & (seam > 0) & (seam >= p.seam * np.minimum(sizes[:, None], sizes[None, :]))
+    if not join.any():
+        return labels
+    _, comp = connected_components(sp.csr_matrix(join.astype(np.float64)), directed=False)
+    _, index = np.unique(comp, return_inverse=True)
+    return np.where(labels >= 0, index[np.maximum(labels, 0)], -1)

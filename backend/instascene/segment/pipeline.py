@@ -28,7 +28,7 @@ from ..io.rotations import quat_to_rotmat
 from .instances import InstanceParams, assign_instances, background_instances, dominant_plane, on_support_plane
 from .merge import MergeParams, merge_labels, merge_parts
 from .postprocess import PostParams, coarse_instances, consistent_label_maps, vote_labels
-from .propagate import label_evidence
+from .propagate import label_evidence, neighbour_graph, smooth_weight
 from .tracker import track_masks
 
 
@@ -163,7 +163,9 @@ def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) 
     labels = assign_instances(evidence, is_bg, flat, normals, means, eps, params.min_gaussians,
                               params.instances, features=feats.cpu().numpy(),
                               masks=np.array([len(inst.masks) for inst in coarse]))
-    labels = merge_labels(labels, tracks, means, eps, params.merge)
+    surface = neighbour_graph(means, normals, eps, params.instances.propagate)
+    labels = merge_labels(labels, tracks, means, eps, params.merge,
+                          surface=(surface, smooth_weight(params.instances.propagate)))
     st.end()
 
     st.start("write")

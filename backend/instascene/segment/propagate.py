@@ -105,6 +105,14 @@ def neighbour_graph(means: np.ndarray, normals: np.ndarray, radius: float, p: Pr
     return W
 
 
+def smooth_weight(p: PropagateParams) -> float | None:
+    """The edge weight of surfels within `p.segment_offset` σ of each other's tangent
+    planes: what joins them into one smooth piece of surface (None: no such pieces)."""
+    if p.segment_offset is None:
+        return None
+    return p.across_surfaces + (1.0 - p.across_surfaces) * float(np.exp(-p.segment_offset ** 2))
+
+
 def normalised_evidence(evidence: np.ndarray, clamped: np.ndarray, p: PropagateParams) -> np.ndarray:
     """[N, C] float64: the evidence in units of a median Gaussian's total, with the small
     background prior; `clamped` rows are pure background."""
@@ -184,9 +192,7 @@ def propagate_labels(evidence: np.ndarray, clamped: np.ndarray, normals: np.ndar
     Q = spread(evidence, W, clamped, p)
     labels = keep_bodies(Q.argmax(1), Q, W, min_gaussians)
     if p.cut_smoothness:
-        strong = None if p.segment_offset is None else \
-            p.across_surfaces + (1.0 - p.across_surfaces) * float(np.exp(-p.segment_offset ** 2))
         cut = refine_labels(labels, normalised_evidence(evidence, clamped, p), W, clamped, p.cut_smoothness,
-                            support=support, strong=strong)
+                            support=support, strong=smooth_weight(p))
         labels = keep_bodies(cut, Q, W, min_gaussians)
     return labels
