@@ -164,8 +164,9 @@ def merge_labels(labels: np.ndarray, t: MaskTracks, means: np.ndarray, radius: f
                  p: MergeParams = MergeParams(), surface: tuple[sp.csr_matrix, float] | None = None) -> np.ndarray:
     """`merge_parts` on per-Gaussian object labels (-1 = background), renumbered 0..K-1;
     then once more, each pair judged from its smaller instance's side (part_agreement);
-    then, where `surface` = (the surfels' graph, the weight of a smooth edge) is given,
-    the pairs no view shows together joined along smooth seams (join_seams)."""
+    then, where `surface` = (the surfels' graph, the weight of a smooth edge; None: no
+    smooth edges) is given, the pairs no view shows together joined along smooth seams
+    (join_seams)."""
     K = int(labels.max()) + 1 if len(labels) else 0
     if K < 2:
         return labels
@@ -175,7 +176,7 @@ def merge_labels(labels: np.ndarray, t: MaskTracks, means: np.ndarray, radius: f
     out = np.full(len(labels), -1, dtype=labels.dtype)
     for k, inst in enumerate(merged):
         out[inst.gaussians] = k
-    return out if surface is None else join_seams(out, t, *surface, p)
+    return out if surface is None or surface[1] is None else join_seams(out, t, *surface, p)
 
 
 def join_seams(labels: np.ndarray, t: MaskTracks, surface: sp.csr_matrix, smooth: float,
