@@ -62,23 +62,33 @@ def _membership(instances: list[Instance], n: int) -> sp.csr_matrix:
     return m
 
 
+def _coverage(t: MaskTracks, instances: list[Instance], min_covered: float):
+    """What each frame's masks cover of each instance: C [M, K] Gaussians of instance k in
+    mask m (small), per_frame [F, M] mask-to-frame indicator, covered [F, K], sizes [K],
+    and holds [M, K]: mask m is k's holding mask — more than half of k's covered Gaussians
+    in its frame, which covers at least `min_covered` of k."""
+    C = np.asarray((t.A @ _membership(instances, t.n_gaussians)).todense())
+    per_frame = sp.csr_matrix((np.ones(t.n_masks), (t.frame_of, np.arange(t.n_masks))),
+                              shape=(len(t.frames), t.n_masks))
+    covered = np.asarray(per_frame @ C)
+    sizes = np.array([len(inst.gaussians) for inst in instances], float)
+    decides = (covered >= min_covered * sizes[None, :]) & (covered > 0)
+    # a tracked Gaussian is in one mask per frame, so at most one mask holds more than half
+    holds = (C > 0.5 * covered[t.frame_of]) & decides[t.frame_of]
+    return C, per_frame, covered, sizes, holds
+
+
 def frame_agreement(t: MaskTracks, instances: list[Instance], min_covered: float = 0.1):
     """(joined, deciding): [K, K] counts of frames that join / decide each pair of instances.
 
     In frame f, instance i's covered Gaussians are those in any mask of f; its holding
     mask is the mask with more than half of them. Frame f decides for i when it covers
     at least `min_covered` of i's Gaussians and i has a holding mask there."""
-    K, F = len(instances), len(t.frames)
+    K = len(instances)
     if K == 0 or t.n_masks == 0:
         return np.zeros((K, K)), np.zeros((K, K))
-    C = np.asarray((t.A @ _membership(instances, t.n_gaussians)).todense())  # [M, K] masks × instances: small
-    per_frame = sp.csr_matrix((np.ones(t.n_masks), (t.frame_of, np.arange(t.n_masks))), shape=(F, t.n_masks))
-    covered = np.asarray(per_frame @ C)  # [F, K]
-    sizes = np.array([len(inst.gaussians) for inst in instances], float)
-    decides = (covered >= min_covered * sizes[None, :]) & (covered > 0)  # [F, K]
-    # a tracked Gaussian is in one mask per frame, so at most one mask holds more than half
-    holds = (C > 0.5 * covered[t.frame_of]) & decides[t.frame_of]  # [M, K]
-    decides = (per_frame @ holds.astype(np.float64)) > 0
+    _, per_frame, _, _, holds = _coverage(t, instances, min_covered)
+    decides = (per_frame @ holds.astype(np.float64)) > 0  # [F, K]
     H, D = holds.astype(np.float64), decides.astype(np.float64)
     return H.T @ H, D.T @ D
 
@@ -90,15 +100,10 @@ def part_agreement(t: MaskTracks, instances: list[Instance], min_covered: float 
     holds at least `reach` times as many of j's Gaussians as of i's. A small part seen
     from a few views is masked with its body, but the body is often split among several
     masks in those views: it has no holding mask, and frame_agreement cannot decide."""
-    K, F = len(instances), len(t.frames)
+    K = len(instances)
     if K < 2 or t.n_masks == 0:
         return np.zeros((K, K)), np.zeros((K, K))
-    C = np.asarray((t.A @ _membership(instances, t.n_gaussians)).todense())  # [M, K] masks × instances: small
-    per_frame = sp.csr_matrix((np.ones(t.n_masks), (t.frame_of, np.arange(t.n_masks))), shape=(F, t.n_masks))
-    covered = np.asarray(per_frame @ C)  # [F, K]
-    sizes = np.array([len(inst.gaussians) for inst in instances], float)
-    decides = (covered >= min_covered * sizes[None, :]) & (covered > 0)
-    holds = (C > 0.5 * covered[t.frame_of]) & decides[t.frame_of]  # [M, K]
+    C, _, covered, sizes, holds = _coverage(t, instances, min_covered)
     seen = covered[t.frame_of] > 0  # [M, K]
     deciding = np.einsum("mi,mj->ij", holds.astype(np.float64), seen.astype(np.float64))
     joined = np.einsum("mi,mj,mij->ij", holds.astype(np.float64), seen.astype(np.float64),
@@ -190,10 +195,8 @@ def join_seams(labels: np.ndarray, t: MaskTracks, surface: sp.csr_matrix, smooth
     if K < 2:
         return labels
     instances = [Instance(np.flatnonzero(labels == k), np.zeros(0, int)) for k in range(K)]
-    C = np.asarray((t.A @ _membership(instances, t.n_gaussians)).todense())  # [M, K] masks × instances: small
-    per_frame = sp.csr_matrix((np.ones(t.n_masks), (t.frame_of, np.arange(t.n_masks))), shape=(len(t.frames), t.n_masks))
-    sizes = np.array([len(inst.gaussians) for inst in instances], float)
-    seen = (np.asarray(per_frame @ C) >= p.min_covered * sizes[None, :]).astype(np.float64)  # [F, K]
+    _, _, covered, sizes, _ = _coverage(t, instances, p.min_covered)
+    seen = (covered >= p.min_covered * sizes[None, :]).astype(np.float64)  # [F, K]
     together = seen.T @ seen
     e = sp.triu(surface, k=1).tocoo()
     a, b = labels[e.row], labels[e.col]
