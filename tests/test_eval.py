@@ -63,6 +63,34 @@ def test_sample_surface_is_area_weighted_and_deterministic():
     assert sample_surface((np.zeros((3, 3)), np.array([[0, 1, 2]])), 10).shape == (0, 3)  # no area
 
 
+def test_faces_buried_inside_the_solid_are_not_ground_truth_surface():
+    """Two overlapping boxes stitched into one mesh (as a convex decomposition is): the
+    end face of each inside the other, 2 of the 20 units of area, is no surface a camera
+    sees. A box with a hollow inside keeps its cavity's walls. Winding numbers: 1 in a
+    box, 2 where the boxes overlap, 0 outside (the fast form agrees with the exact one)."""
+    from instascene.eval.metrics import _solid_angles, outer_surface, winding_numbers
+
+    a = trimesh.creation.box(extents=(2.0, 1.0, 1.0))
+    b = trimesh.creation.box(extents=(2.0, 1.0, 1.0))
+    b.apply_translation([1.0, 0.0, 0.0])
+    union = trimesh.util.concatenate([a, b])  # x from -1 to 2; overlap 0 < x < 1
+    q = np.array([[-0.5, 0, 0], [0.5, 0, 0], [1.5, 0, 0], [3.0, 0, 0], [0.5, 0.2, 0.45]])
+    w = winding_numbers(q, union)
+    assert np.allclose(w, [1, 2, 1, 0, 2], atol=0.05)
+    assert np.allclose(w, _solid_angles(q, np.asarray(union.vertices), np.asarray(union.faces)), atol=0.05)
+    pts, buried = outer_surface(union, 20_000)
+    assert buried == pytest.approx(0.1, abs=0.01)
+    inside_other = (np.isclose(pts[:, 0], 1.0) | np.isclose(pts[:, 0], 0.0)) & (np.abs(pts[:, 1]) < 0.49) & (
+        np.abs(pts[:, 2]) < 0.49)
+    assert not inside_other.any()
+    shell = trimesh.creation.box(extents=(2.0, 2.0, 2.0))
+    cavity = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    cavity.invert()
+    hollow = trimesh.util.concatenate([shell, cavity])
+    pts, buried = outer_surface(hollow, 20_000)
+    assert buried == 0.0 and (np.abs(pts).max(axis=1) < 0.51).mean() == pytest.approx(6 / 30, abs=0.01)
+
+
 def test_splat_discs_are_sampled_by_area():
     """A surfel with 8x the radius gets 64x the points: the score weighs surface, not
     surfels (a cap per surfel made a few big observed discs count less than the many

@@ -1,5 +1,5 @@
-"""The completed object's mesh: TSDF fusion of its rendered depth, marching cubes,
-vertex colours.
+"""The completed object's mesh: TSDF fusion of its rendered depth, refined at the
+surfels, marching cubes, vertex colours.
 
 Every constant scales with the object (the common 2DGS failure — an empty mesh — is a
 truncation set in scene units that misses a small object): the voxel is the object's
@@ -10,6 +10,14 @@ Below the support plane is outside (the object rests on it). A pixel whose depth
 jumps within its 3x3 neighbourhood is no evidence: at a depth edge, and where a ray
 slips between the surfels of a thin rim to the far side, one depth would carve a
 tunnel through the object.
+
+Within one truncation of the completed surfels the distance is measured to them instead
+(an implicit moving-least-squares surface: the kernel-weighted mean of the signed
+distances to the nearest surfels' planes, their normals turned outwards along the
+TSDF's gradient). The ring's depth maps see the object from 16 directions at one
+elevation, at 256 px: they blur what the real views resolved and miss faces the ring
+sees edge-on (a brick's sides), while the surfels carry both (practice scenes, oracle
+labels: mean mesh F@1 % +0.03 to +0.04).
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ class MeshParams:
     truncation_voxels: float = 3.0
     pad: float = 0.1  # grid padding, share of the extent per side
     edge_voxels: float = 3.0  # a pixel whose 3x3 neighbourhood spans more depth than this is no evidence
+    surfel_band: float = 1.0  # truncations: this close to a surfel the distance is to the surfels (0 = ring only)
+    surfel_kernel: float = 1.0  # voxels: Gaussian width of a surfel's weight
+    surfel_neighbours: int = 8
 
 
 @dataclass
@@ -44,11 +55,15 @@ class Mesh:
 
 
 def fuse_tsdf(cameras, depth: np.ndarray, lo: np.ndarray, hi: np.ndarray, plane,
-              p: MeshParams, prior: tuple[Grid, np.ndarray] | None = None) -> tuple[Grid, np.ndarray]:
+              p: MeshParams, prior: tuple[Grid, np.ndarray] | None = None,
+              surfels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[Grid, np.ndarray]:
     """Signed distance (in truncation units, + outside) on a grid over [lo, hi], from
     per-view camera-z depth maps (0 = no surface: the ray meets nothing). Voxels no view reaches
     (an object's underside, seen from a ring above the table) take their side from
-    `prior`, an occupancy grid (the closed shape), else count as inside."""
+    `prior`, an occupancy grid (the closed shape), else count as inside. `surfels`
+    (means, unit normals, opacities): near them the distance is theirs (`surfel_distance`),
+    where they lie on the closed shape (a stray table surfel the instance carries, off
+    the shape, would otherwise lay a sheet along the table)."""
     ext = hi - lo
     lo, hi = lo - p.pad * ext.max(), hi + p.pad * ext.max()
     grid = Grid.around(lo, hi, p.resolution)
@@ -79,11 +94,63 @@ def fuse_tsdf(cameras, depth: np.ndarray, lo: np.ndarray, hi: np.ndarray, plane,
         idx, inside = pgrid.index(pts)
         unreached = np.where(inside & pocc.reshape(-1)[idx], -1.0, 1.0)
     tsdf = np.where(wsum > 0, acc / np.maximum(wsum, 1), np.where(carved, 1.0, unreached))
+    under = None
     if plane is not None:
         n, d0 = plane
-        below = pts @ n + d0
-        tsdf = np.maximum(tsdf, np.clip(-below / trunc, -1, 1))  # outside under the plane
-    return grid, tsdf.reshape(grid.shape)
+        under = np.clip(-(pts @ n + d0) / trunc, -1, 1)
+        tsdf = np.maximum(tsdf, under)  # outside under the plane
+    tsdf = tsdf.reshape(grid.shape)
+    if surfels is not None and p.surfel_band > 0 and len(surfels[0]):
+        means, normals, opacities = surfels
+        if prior is not None:  # only the surfels on the closed shape: no sheet along stray ones
+            keep = near_occupied(prior[0], prior[1], means, p.surfel_band * trunc)
+            means, normals, opacities = means[keep], normals[keep], opacities[keep]
+        if len(means):
+            tsdf = surfel_distance(grid, tsdf, means, normals, opacities, p)
+        if under is not None:
+            tsdf = np.maximum(tsdf, under.reshape(grid.shape))
+    return grid, tsdf
+
+
+def near_occupied(grid: Grid, occupancy: np.ndarray, points: np.ndarray, reach: float) -> np.ndarray:
+    """Per point: does it lie within `reach` of an occupied voxel (inside the grid)?"""
+    from scipy import ndimage
+
+    steps = int(np.ceil(reach / grid.size))
+    grown = ndimage.binary_dilation(occupancy, iterations=steps) if steps > 0 else occupancy
+    idx, inside = grid.index(points)
+    return inside & grown.reshape(-1)[idx]
+
+
+def surfel_distance(grid: Grid, tsdf: np.ndarray, means: np.ndarray, normals: np.ndarray, opacities: np.ndarray,
+                    p: MeshParams) -> np.ndarray:
+    """`tsdf` with the voxels within `surfel_band` truncations of a surfel set to the
+    surfels' own signed distance: Σ w·n·(x − μ) / Σ w over the nearest surfels, w their
+    opacity × exp(−(r / kernel)²), n turned outwards along the smoothed TSDF's gradient
+    (away from the surfels' centre where that gradient vanishes)."""
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    trunc = p.truncation_voxels * grid.size
+    smooth = ndimage.gaussian_filter(tsdf, 1.5)
+    grad = np.stack(np.gradient(smooth), -1).reshape(-1, 3)[grid.index(means)[0]]
+    side = np.sum(grad * normals, 1)
+    away = np.sum((means - means.mean(0)) * normals, 1)
+    side = np.where(np.linalg.norm(grad, axis=1) > 1e-3, side, away)
+    n = normals * np.where(side < 0, -1.0, 1.0)[:, None]
+    pts = grid.centers()
+    d, j = cKDTree(means).query(pts, k=min(p.surfel_neighbours, len(means)), distance_upper_bound=p.surfel_band * trunc)
+    d, j = d.reshape(len(pts), -1), j.reshape(len(pts), -1)
+    near = np.flatnonzero(np.isfinite(d[:, 0]))
+    d, j = d[near], j[near]
+    found = np.isfinite(d)
+    j = np.where(found, j, 0)
+    w = np.where(found, np.exp(-(np.where(found, d, 0.0) / (p.surfel_kernel * grid.size)) ** 2), 0.0) * opacities[j]
+    w[:, 0] = np.maximum(w[:, 0], 1e-12)  # the nearest surfel decides where all weights underflow
+    dist = np.sum(w * np.einsum("vki,vki->vk", n[j], pts[near, None] - means[j]), 1) / w.sum(1)
+    out = tsdf.reshape(-1).copy()
+    out[near] = np.clip(dist / trunc, -1.0, 1.0)
+    return out.reshape(tsdf.shape)
 
 
 def depth_range(depth: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ Per instance (method.md §5, the stages of InstaScene's in-situ generation):
      most of the object unoccluded become the conditions, the others the targets
   4. the generator fills the targets (geometric.py, or diffusion.py with weights)
   5. fine-tune the new Gaussians on the real and generated views (finetune.py)
-  6. TSDF mesh with vertex colours (mesh.py)
+  6. TSDF mesh, at the surfels their own distance, with vertex colours (mesh.py)
   7. RUN/instances/<id>/completed.ply, mesh.ply; instances.json records what was done
 Before the objects, the support surface they hid is closed (background.py):
 RUN/background_completed.ply.
@@ -29,6 +29,7 @@ import torch
 from ..errors import InstaSceneError
 from ..io.atomic import atomic_write
 from ..io.ply import write_ply
+from ..io.rotations import quat_to_rotmat
 from ..io.splats import SH_C0
 from ..segment.scene_masks import spread_views
 from .background import BackgroundParams, complete_background, fit_background
@@ -314,7 +315,9 @@ def complete_instance(scene, splats, labels, ev: SceneEvidence, plane, k: int, g
     write_ply(run / "instances" / str(k) / "completed.ply", full)
 
     progress("mesh")
-    grid, tsdf = fuse_tsdf(ring, R.depth, lo, hi, plane, p.mesh, prior=(shp.grid, shp.occupancy))
+    surfels = (full.means.astype(np.float64), quat_to_rotmat(full.unit_quats().astype(np.float64))[:, :, 2],
+               full.opacities().astype(np.float64))
+    grid, tsdf = fuse_tsdf(ring, R.depth, lo, hi, plane, p.mesh, prior=(shp.grid, shp.occupancy), surfels=surfels)
     verts, faces = extract_mesh(grid, tsdf)
     if len(faces) == 0:
         raise InstaSceneError(f"instance {k}: the fused mesh is empty (no depth fell inside the object's grid)")

@@ -12,7 +12,9 @@ predictions are scored against the complete GT (gt/meshes/<k>.ply, gt/objects/<k
                to the scene's Gaussians labelled <id> when that file is absent).
 
 Geometry (generation.md §6): Chamfer-L1 against `samples` area-weighted GT surface
-points; F-score at `tau_fraction` (1 %) of the GT bounding-box diagonal and the F-score
+points — of its outer surface: faces buried inside the GT solid (a stitched convex
+decomposition has them) are left out, their share of the area is reported as
+`gt_buried_area`; F-score at `tau_fraction` (1 %) of the GT bounding-box diagonal and the F-score
 curve (0.5 %..10 %); volume IoU on a `resolution`³ grid over the GT box (+`pad`). For
 splat predictions the volume uses points sampled on the surfel discs (means alone are
 too sparse to enclose anything); an open surface — the observed object always is one,
@@ -49,6 +51,7 @@ from .metrics import (
     fscore_from_distances,
     hungarian_miou,
     nearest_distances,
+    outer_surface,
     psnr,
     sample_surface,
     volume_iou,
@@ -265,7 +268,8 @@ def evaluate_completion(
             lo, hi = np.asarray(mesh.bounds, dtype=np.float64)
         diag = float(np.linalg.norm(hi - lo))
         center = np.asarray(o.get("centroid", (lo + hi) / 2), dtype=np.float64)
-        gt_pts = sample_surface(mesh, samples, seed)
+        gt_pts, buried = outer_surface(mesh, samples, seed)
+        row["gt_buried_area"] = round(buried, 4)
         spacing = diag / resolution / 4.0  # disc samples: ~4 per voxel edge at the GT grid
 
         geo = dict(tau_fraction=tau_fraction, fractions=fractions, resolution=resolution, pad=pad, seed=seed)

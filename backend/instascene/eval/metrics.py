@@ -6,6 +6,8 @@ Every constant is a parameter; everything is vectorised (nearest neighbours thro
 
 Geometry
   sample_surface(mesh, n, seed)          area-weighted surface samples of a triangle mesh
+  outer_surface(mesh, n, seed)           ... without those on faces buried inside the solid
+  winding_numbers(points, mesh)          generalised winding number (1 inside, 0 outside)
   chamfer_l1(pred, gt)                   (accuracy + completeness) / 2, both terms returned
   fscore(pred, gt, tau)                  precision, recall, F at distance tau
   fscore_curve(pred, gt, diag, fractions) F at tau = fraction x diag for several fractions
@@ -49,28 +51,105 @@ def mesh_area(mesh) -> float:
     return float(0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1).sum())
 
 
-def sample_surface(mesh, n: int, seed: int = 0) -> np.ndarray:
+def sample_surface(mesh, n: int, seed: int = 0, return_faces: bool = False):
     """`n` points [n, 3] (float64) uniformly distributed over the mesh surface: triangles
     picked with probability proportional to their area, uniform barycentric position
     inside (the square-root trick). Deterministic per `seed`. A mesh without area
     gives an empty [0, 3] array. `mesh`: a trimesh.Trimesh or (vertices, faces).
+    `return_faces`: also each sample's face index [n].
     """
     v, f = _mesh_arrays(mesh)
     n = int(n)
+    empty = (np.zeros((0, 3)), np.zeros(0, np.int64))
     if n <= 0 or len(f) == 0:
-        return np.zeros((0, 3))
+        return empty if return_faces else empty[0]
     a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
     area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
     area = np.where(np.isfinite(area), area, 0.0)
     total = area.sum()
     if not total > 0:
-        return np.zeros((0, 3))
+        return empty if return_faces else empty[0]
     rng = np.random.default_rng(seed)
     tri = rng.choice(len(f), size=n, p=area / total)
     r1, r2 = rng.random(n), rng.random(n)
     s = np.sqrt(r1)
     w0, w1, w2 = 1.0 - s, s * (1.0 - r2), s * r2
-    return w0[:, None] * a[tri] + w1[:, None] * b[tri] + w2[:, None] * c[tri]
+    pts = w0[:, None] * a[tri] + w1[:, None] * b[tri] + w2[:, None] * c[tri]
+    return (pts, tri) if return_faces else pts
+
+
+def _solid_angles(p: np.ndarray, v: np.ndarray, f: np.ndarray, chunk: int = 1 << 21) -> np.ndarray:
+    """Σ over the faces of each face's signed solid angle seen from each point, / 4π
+    (Van Oosterom–Strackee), exactly; chunked over points × faces."""
+    out = np.zeros(len(p))
+    if len(f) == 0:
+        return out
+    step = max(1, chunk // len(f))
+    for s in range(0, len(p), step):
+        a, b, c = (v[f[:, i]][None] - p[s:s + step, None] for i in range(3))
+        la, lb, lc = (np.linalg.norm(x, axis=-1) for x in (a, b, c))
+        det = np.einsum("pfi,pfi->pf", a, np.cross(b, c))
+        den = (la * lb * lc + np.einsum("pfi,pfi->pf", a, b) * lc + np.einsum("pfi,pfi->pf", b, c) * la
+               + np.einsum("pfi,pfi->pf", c, a) * lb)
+        out[s:s + step] = np.arctan2(det, den).sum(1) / (2 * np.pi)
+    return out
+
+
+def winding_numbers(points, mesh, cells: int = 16, near: float = 2.0) -> np.ndarray:
+    """Generalised winding number of each point [P] (Jacobson et al. 2013): 1 inside a
+    closed outward-oriented surface, 0 outside, 2 inside two overlapping closed parts,
+    the sign flipping with the orientation. Fast form (Barill et al. 2018, first order):
+    the faces are grouped by a `cells`³ grid over the mesh; a group counts exactly for
+    points within `near` × its radius, as a dipole (its area vector at its centre) beyond."""
+    v, f = _mesh_arrays(mesh)
+    p = _points(points)
+    out = np.zeros(len(p))
+    if len(f) == 0 or len(p) == 0:
+        return out
+    tri = v[f]
+    centre = tri.mean(1)
+    lo, hi = centre.min(0), centre.max(0)
+    cell = np.floor((centre - lo) / np.maximum(hi - lo, 1e-12) * cells * (1 - 1e-9)).astype(np.int64)
+    group = np.ravel_multi_index(cell.T, (cells,) * 3)
+    area_vec = 0.5 * np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    for g in np.unique(group):
+        fg = f[group == g]
+        c = centre[group == g].mean(0)
+        r = float(np.linalg.norm(v[fg].reshape(-1, 3) - c, axis=1).max())
+        d = p - c
+        dist = np.linalg.norm(d, axis=1)
+        close = dist <= near * r
+        if close.any():
+            out[close] += _solid_angles(p[close], v, fg)
+        far = ~close
+        out[far] += (d[far] @ -area_vec[group == g].sum(0)) / (4 * np.pi * dist[far] ** 3)
+    return out
+
+
+def outer_surface(mesh, n: int, seed: int = 0, piece: float = 1 / 16, offset: float = 1e-4
+                  ) -> tuple[np.ndarray, float]:
+    """`n` surface samples (as `sample_surface`) of the mesh without its buried faces, and
+    the share of the area dropped. Some meshes have faces inside their own solid (the
+    practice scenes' teddy, a stitched convex decomposition, has 30 % of its area inside;
+    the lego 13 %): no camera sees them and no reconstruction of the outer surface
+    reaches them. The faces are cut into pieces no longer than `piece` × the box diagonal;
+    a piece is buried when the points just off its centre on both sides (`offset` × the
+    diagonal) are inside (|winding number| > ½); on the outer surface, or on the wall of
+    a cavity, one side is outside. Orientation-agnostic."""
+    from trimesh.remesh import subdivide_to_size
+
+    v, f = _mesh_arrays(mesh)
+    if len(f) == 0:
+        return np.zeros((0, 3)), 0.0
+    diag = float(np.linalg.norm(v.max(0) - v.min(0)))
+    v, f = subdivide_to_size(v, f, max_edge=piece * diag, max_iter=20)
+    normal = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    area = 0.5 * np.linalg.norm(normal, axis=1)
+    normal /= np.maximum(2 * area[:, None], 1e-300)
+    centre = v[f].mean(1)
+    w = np.abs(winding_numbers(np.r_[centre + offset * diag * normal, centre - offset * diag * normal], (v, f)))
+    buried = np.minimum(w[: len(f)], w[len(f):]) > 0.5
+    return sample_surface((v, f[~buried]), n, seed), float(area[buried].sum() / max(area.sum(), 1e-300))
 
 
 # ------------------------------------------------------------------ distances
