@@ -14,12 +14,13 @@ tunnel through the object.
 Within one truncation of the completed surfels the distance is measured to them instead
 (an implicit moving-least-squares surface: the kernel-weighted mean of the signed
 distances to the nearest surfels' planes, their normals turned outwards along the
-TSDF's gradient). The ring's depth maps see the object from 16 directions at one
-elevation, at 256 px: they blur what the real views resolved and miss faces the ring
-sees edge-on (a brick's sides), while the surfels carry both (practice scenes, oracle
-labels: mean mesh F@1 % +0.005 to +0.012). Surfels inside the object (a 2DGS fit
-leaves some) enclose thin pockets of outside there: outside that joins the exterior
-only through a channel about two voxels wide is inside (+0.01 to +0.015 more).
+TSDF's gradient), for the surfels on the closed shape. The ring's depth maps see the
+object from 16 directions at one elevation, at 256 px: they blur what the real views
+resolved, which the surfels keep (practice scenes, oracle labels: mean mesh F@1 %
++0.005 to +0.013; built-in seeds, with the next step, +0.05 to +0.07). Surfels inside
+the object (a 2DGS fit leaves some) enclose thin pockets of outside there: outside that
+joins the exterior only through a channel about two voxels wide is inside (+0.01 to
++0.015 more). docs/benchmarks.md, completion, "Session 15".
 """
 
 from __future__ import annotations
