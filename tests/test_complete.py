@@ -139,6 +139,27 @@ def test_table_surfels_an_instance_carries_lay_no_slab_in_its_mesh():
     assert np.linalg.norm(verts[:, :2] - center[:2], axis=1).max() < 1.05 * r
 
 
+def test_a_ball_resting_on_another_object_is_mirrored_about_its_own_middle():
+    """A ball lying on a box, not on the table, is as symmetric as one on the table: its
+    mirror plane is searched over its own extent (not down to the table, which would
+    leave its middle out of reach)."""
+    from instascene.complete.evidence import Grid
+    from instascene.complete.shape import mirror_plane
+
+    plane = (np.array([0.0, 0.0, 1.0]), 0.0)
+    centre, r = np.array([0.0, 0.0, 0.15]), 0.04
+    grid = Grid.around(np.array([-0.06, -0.06, 0.09]), np.array([0.06, 0.06, 0.21]), 64)
+    x = grid.centers()
+    occ = ((np.linalg.norm(x - centre, axis=1) <= r) | (x[:, 2] < centre[2] - r)).reshape(grid.shape)  # + the box
+    u = np.random.default_rng(0).normal(size=(20000, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    seen = centre + r * u[u[:, 2] > -0.3]  # the bottom cap rests on the box, unseen
+    q, offset, conflict = mirror_plane(occ, grid, seen, plane, 0.2, grounded=False)
+    assert abs(centre @ q - offset) < 1.5 * grid.size and conflict < 0.05  # through the centre (any tilt will do)
+    down_to_table = mirror_plane(occ, grid, seen, plane, 0.2, grounded=True)
+    assert down_to_table is None or abs(centre @ down_to_table[0] - down_to_table[1]) > 2 * grid.size
+
+
 def test_the_space_under_an_overhang_is_not_filled_down_to_the_table():
     """A box standing on one edge, tilted 45°: the convex prior reaches down to the table
     only under its lowest part, not under the whole overhanging box."""

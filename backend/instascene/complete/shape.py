@@ -203,8 +203,9 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     bound = np.maximum(table, convex_bound(means)) if p.convex_prior else table
     occ = _main_parts(hull & (bound < 0), own[inside], p.min_component)
     mirror = None
-    if p.symmetry and ground is not None:
-        found = mirror_plane(occ, grid, means, plane, p.symmetry_max_conflict, p.symmetry_max_tilt)
+    if p.symmetry and plane is not None:
+        found = mirror_plane(occ, grid, means, plane, p.symmetry_max_conflict, p.symmetry_max_tilt,
+                             grounded=ground is not None)
         if found is not None:
             mirror = found[:2]  # the mirror image of clearly empty space is empty...
             hull &= ~mirrored_empty(occ, grid, mirror) | observed
@@ -266,7 +267,7 @@ def tilted_normals(n: np.ndarray, max_tilt: float, step: float) -> np.ndarray:
 
 
 def mirror_plane(occ: np.ndarray, grid: Grid, means: np.ndarray, plane, max_conflict: float,
-                 max_tilt: float = 20.0, sample: int = 2000):
+                 max_tilt: float = 20.0, sample: int = 2000, grounded: bool = True):
     """A mirror plane of the object near the table's orientation: (unit normal q, offset,
     conflict), x·q = offset on the plane, or None.
 
@@ -279,12 +280,13 @@ def mirror_plane(occ: np.ndarray, grid: Grid, means: np.ndarray, plane, max_conf
     mirrored Gaussians in clearly empty space) is kept when that share is at most
     `max_conflict` (a mug or a duck standing on its base conflicts everywhere). Planes
     pass through the middle half of the object's extent along their normal, its hidden
-    part down to the table included. Coarse to fine: 4° and one voxel apart, then 1° and
+    part down to the table included when it stands there (`grounded`; a ball resting
+    on another object is as symmetric, about its own middle). Coarse to fine: 4° and one voxel apart, then 1° and
     a quarter voxel around the four best."""
     n = np.asarray(plane[0], np.float64)
     empty = _deep_empty(occ)
     pts = means[:: max(1, len(means) // sample)]
-    reach = np.concatenate([means, _onto_plane(means, plane)])
+    reach = np.concatenate([means, _onto_plane(means, plane)]) if grounded else means
 
     def conflicts(q, offsets, pts):  # per offset, about the planes x·q = offset
         mirrored = _mirror(pts[None], (q, offsets[:, None]))
