@@ -103,11 +103,9 @@ def plane_grid(points: np.ndarray, plane, spacing: float, max_cells: int) -> Pla
 
 def support_surfels(background: Splats, plane, tol: float, max_tilt_deg: float) -> np.ndarray:
     """Boolean mask of the background surfels that lie flat on the plane."""
-    from ..io.rotations import quat_to_rotmat
-
     n, d = plane
     means = background.means.astype(np.float64)
-    normals = quat_to_rotmat(background.unit_quats().astype(np.float64))[:, :, 2]
+    normals = background.normals()
     return (np.abs(means @ n + d) < tol) & (np.abs(normals @ n) > np.cos(np.radians(max_tilt_deg)))
 
 

@@ -29,7 +29,6 @@ import torch
 from ..errors import InstaSceneError
 from ..io.atomic import atomic_write
 from ..io.ply import write_ply
-from ..io.rotations import quat_to_rotmat
 from ..io.splats import SH_C0
 from ..segment.scene_masks import spread_views
 from .background import BackgroundParams, complete_background, fit_background
@@ -315,8 +314,7 @@ def complete_instance(scene, splats, labels, ev: SceneEvidence, plane, k: int, g
     write_ply(run / "instances" / str(k) / "completed.ply", full)
 
     progress("mesh")
-    surfels = (full.means.astype(np.float64), quat_to_rotmat(full.unit_quats().astype(np.float64))[:, :, 2],
-               full.opacities().astype(np.float64))
+    surfels = (full.means.astype(np.float64), full.normals(), full.opacities().astype(np.float64))
     grid, tsdf = fuse_tsdf(ring, R.depth, lo, hi, plane, p.mesh, prior=(shp.grid, shp.occupancy), surfels=surfels)
     verts, faces = extract_mesh(grid, tsdf)
     if len(faces) == 0:

@@ -51,31 +51,28 @@ def mesh_area(mesh) -> float:
     return float(0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1).sum())
 
 
-def sample_surface(mesh, n: int, seed: int = 0, return_faces: bool = False):
+def sample_surface(mesh, n: int, seed: int = 0) -> np.ndarray:
     """`n` points [n, 3] (float64) uniformly distributed over the mesh surface: triangles
     picked with probability proportional to their area, uniform barycentric position
     inside (the square-root trick). Deterministic per `seed`. A mesh without area
     gives an empty [0, 3] array. `mesh`: a trimesh.Trimesh or (vertices, faces).
-    `return_faces`: also each sample's face index [n].
     """
     v, f = _mesh_arrays(mesh)
     n = int(n)
-    empty = (np.zeros((0, 3)), np.zeros(0, np.int64))
     if n <= 0 or len(f) == 0:
-        return empty if return_faces else empty[0]
+        return np.zeros((0, 3))
     a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
     area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
     area = np.where(np.isfinite(area), area, 0.0)
     total = area.sum()
     if not total > 0:
-        return empty if return_faces else empty[0]
+        return np.zeros((0, 3))
     rng = np.random.default_rng(seed)
     tri = rng.choice(len(f), size=n, p=area / total)
     r1, r2 = rng.random(n), rng.random(n)
     s = np.sqrt(r1)
     w0, w1, w2 = 1.0 - s, s * (1.0 - r2), s * r2
-    pts = w0[:, None] * a[tri] + w1[:, None] * b[tri] + w2[:, None] * c[tri]
-    return (pts, tri) if return_faces else pts
+    return w0[:, None] * a[tri] + w1[:, None] * b[tri] + w2[:, None] * c[tri]
 
 
 def _solid_angles(p: np.ndarray, v: np.ndarray, f: np.ndarray, chunk: int = 1 << 21) -> np.ndarray:
@@ -113,8 +110,9 @@ def winding_numbers(points, mesh, cells: int = 16, near: float = 2.0) -> np.ndar
     group = np.ravel_multi_index(cell.T, (cells,) * 3)
     area_vec = 0.5 * np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     for g in np.unique(group):
-        fg = f[group == g]
-        c = centre[group == g].mean(0)
+        sel = group == g
+        fg = f[sel]
+        c = centre[sel].mean(0)
         r = float(np.linalg.norm(v[fg].reshape(-1, 3) - c, axis=1).max())
         d = p - c
         dist = np.linalg.norm(d, axis=1)
@@ -122,7 +120,7 @@ def winding_numbers(points, mesh, cells: int = 16, near: float = 2.0) -> np.ndar
         if close.any():
             out[close] += _solid_angles(p[close], v, fg)
         far = ~close
-        out[far] += (d[far] @ -area_vec[group == g].sum(0)) / (4 * np.pi * dist[far] ** 3)
+        out[far] += (d[far] @ -area_vec[sel].sum(0)) / (4 * np.pi * dist[far] ** 3)
     return out
 
 

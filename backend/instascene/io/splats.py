@@ -56,6 +56,11 @@ class Splats:
         n = np.linalg.norm(self.quats, axis=1, keepdims=True)
         return self.quats / np.maximum(n, 1e-12)
 
+    def normals(self) -> np.ndarray:
+        """[N, 3] float64: each Gaussian's local z axis in the world, a surfel's normal
+        (of either sign; for 3DGS splats, call to_2dgs first)."""
+        return quat_to_rotmat(self.unit_quats().astype(np.float64))[:, :, 2]
+
     def base_colors(self) -> np.ndarray:
         """View-independent colour (SH band 0) in [0, 1]."""
         return np.clip(0.5 + SH_C0 * self.sh_dc, 0.0, 1.0)

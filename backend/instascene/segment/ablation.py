@@ -35,7 +35,6 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from ..eval.metrics import hungarian_miou
-from ..io.rotations import quat_to_rotmat
 from .consensus import cluster_masks, view_consensus
 from .features import FeatureParams, train_features
 from .instances import assign_instances, background_instances, dominant_plane, on_support_plane
@@ -96,7 +95,7 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
     means = scene.splats.means.astype(np.float64)
     eps = params.post.scale(means)
     plane = dominant_plane(means, eps / 2)
-    normals = quat_to_rotmat(scene.splats.to_2dgs().unit_quats().astype(np.float64))[:, :, 2]
+    normals = scene.splats.to_2dgs().normals()
     flat = on_support_plane(means, normals, eps / 5, plane)
     ip = params.instances
     min_gaussians = params.min_gaussians

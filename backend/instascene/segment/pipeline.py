@@ -24,7 +24,6 @@ from ..io.ply import write_ply
 from ..io.scene import load_scene
 from .consensus import ConsensusParams, cluster_masks, view_consensus
 from .features import FeatureParams, train_features
-from ..io.rotations import quat_to_rotmat
 from .instances import InstanceParams, assign_instances, background_instances, dominant_plane, on_support_plane
 from .merge import MergeParams, merge_labels, merge_parts
 from .postprocess import PostParams, coarse_instances, consistent_label_maps, vote_labels
@@ -143,7 +142,7 @@ def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) 
     eps = params.post.scale(means)
     coarse = coarse_instances(nodes, tracks, cons, means, params.post, eps)
     plane = dominant_plane(means, eps / 2)
-    normals = quat_to_rotmat(splats.to_2dgs().unit_quats().astype(np.float64))[:, :, 2]
+    normals = splats.to_2dgs().normals()
     flat = on_support_plane(means, normals, eps / 5, plane)
     is_bg = background_instances(coarse, means, flat, params.instances)
     coarse, is_bg = merge_parts(coarse, tracks, means, is_bg, eps, params.merge)
