@@ -482,27 +482,6 @@ def test_a_toy_split_by_its_masks_into_two_halves_is_one_instance():
     assert not is_bg.any()
 
 
-def test_halves_that_sam_splits_in_most_views_still_merge():
-    """SAM's point-prompted masks split a toy into the same two halves a and b in most
-    views (6 of 10: one of them masks b with c, another object touching it) and hold it
-    whole in the other four. Masks join two objects that rarely, but split one
-    object this often: the halves merge, c stays apart."""
-    from instascene.segment.merge import merge_parts
-    from instascene.segment.postprocess import Instance
-
-    a, b, c = np.arange(0, 100), np.arange(100, 200), np.arange(200, 300)
-    sets, frames = [], []
-    for f in range(10):
-        groups = [a, b, c] if f < 5 else [a, np.r_[b, c]] if f == 5 else [np.r_[a, b], c]
-        sets += [set(g.tolist()) for g in groups]
-        frames += [f] * len(groups)
-    t = tracks_from_sets(sets, frames, 300)
-    means = np.c_[np.linspace(0.0, 3.0, 300), np.zeros((300, 2))]
-    pieces = [Instance(g, np.zeros(0, int)) for g in (a, b, c)]
-    merged, _ = merge_parts(pieces, t, means, np.zeros(3, bool), radius=0.05)
-    assert sorted(sorted(inst.gaussians.tolist()) for inst in merged) == [list(range(200)), c.tolist()]
-
-
 def test_a_part_seen_in_a_few_views_joins_the_body_its_masks_reach_into():
     """An ear P seen in four views only, masked there together with half of the body B,
     whose other half is another mask (B has no mask holding most of it there); the

@@ -8,13 +8,9 @@ the parts again. In every frame, each instance has a *holding mask*: the mask th
 more than half of its Gaussians covered by that frame's masks. For two instances whose
 Gaussians touch (nearest neighbours within the scene's DBSCAN radius), a frame where both
 have a holding mask and it is the same one *joins* them; a frame where both have one and
-they differ *separates* them. They are one object when more than 30 % of those frames
-join them. The two errors are not alike: a mask that holds two touching objects is rare
-(1–5 % of the masks on the practice scenes), while a point-prompted SAM splits an object
-into the same parts in most views — with practice 21's SAM masks, the touching pieces of
-one object were joined in 24–62 % of their deciding frames, of two objects in at most
-22 % (with the scene's own masks: 84–100 % against at most 19 %). A majority rule left
-those parts apart.
+they differ *separates* them. They are one object when the joining frames are the
+majority of those frames (neighbouring objects are merged by SAM only now and then, the
+parts of one object are split only now and then).
 
 Merging is greedy, strongest agreement first, and the evidence is recounted after every
 merge (a part joined to the body is judged with the body's masks). On the final
@@ -47,7 +43,7 @@ from .tracker import MaskTracks
 
 @dataclass
 class MergeParams:
-    joined_fraction: float = 0.3  # merge when more than this share of the deciding frames join the two
+    joined_fraction: float = 0.5  # merge when more than this share of the deciding frames join the two
     min_frames: int = 3  # frames that must decide before two instances may merge
     min_covered: float = 0.1  # a frame decides for an instance when its masks cover this share of it
     neighbours: int = 8  # nearest Gaussians looked at for contact
