@@ -160,6 +160,50 @@ def test_a_ball_resting_on_another_object_is_mirrored_about_its_own_middle():
     assert down_to_table is None or abs(centre @ down_to_table[0] - down_to_table[1]) > 2 * grid.size
 
 
+def _surfels_facing(points: np.ndarray, normals: np.ndarray, spacing: float):
+    from instascene.io.rotations import rotmat_to_quat
+    from instascene.io.splats import Splats
+    from instascene.synth.surfels import tangent_frames
+
+    n = len(points)
+    return Splats(means=points.astype(np.float32), quats=rotmat_to_quat(tangent_frames(normals)).astype(np.float32),
+                  log_scales=np.full((n, 2), np.log(0.8 * spacing), np.float32),
+                  opacity_logits=np.full(n, 4.0, np.float32), sh_dc=np.zeros((n, 3), np.float32),
+                  sh_rest=np.zeros((n, 0, 3), np.float32))
+
+
+def test_a_ball_sunk_into_a_hole_is_closed_by_its_mirror_image_not_cut_flat():
+    """A ball resting in the hole of a plate (a ball between its neighbours): no camera
+    sees its lower 35 %. The convex hull of what was seen ends flat at the plate; the
+    symmetry prior is judged against what the cameras saw empty, not against that
+    guess, and closes the ball below the plate (judged against the convex hull, the
+    mirrored top lay outside it and the ball stayed cut flat)."""
+    from instascene.complete.evidence import scene_evidence
+    from instascene.complete.shape import ShapeParams, close_shape, concat_splats
+
+    c, r, s = np.array([0.0, 0.0, 0.15]), 0.05, 0.003
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(8000, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    u = u[u[:, 2] > -0.3]  # above the plate
+    zp = c[2] - 0.3 * r
+    g = np.arange(-0.15, 0.15, s) + s / 2
+    x, y = [a.ravel() for a in np.meshgrid(g, g)]
+    hole = np.hypot(x, y) < r * np.sqrt(1 - 0.3 ** 2)
+    plate = np.c_[x, y, np.full_like(x, zp)][~hole]
+    below = np.c_[x, y, np.full_like(x, c[2] - r)]  # what the ball rests on, under the plate
+    up = np.tile([0.0, 0.0, 1.0], (len(plate), 1))
+    splats = concat_splats(_surfels_facing(c + r * u, u, s),
+                           concat_splats(_surfels_facing(plate, up, s), _surfels_facing(below, up[:1].repeat(len(below), 0), s)))
+    labels = np.r_[np.zeros(len(u), int), np.ones(len(plate) + len(below), int)]
+    cams = ring_cameras(c, 0.6, 12, 40, 64, 64, 40)
+    ev = scene_evidence(splats, labels, cams)
+    others = np.r_[plate, below]
+    shape = close_shape(ev, 0, c + r * u, others, (np.array([0.0, 0.0, 1.0]), 0.0), ShapeParams(resolution=48))
+    assert shape.mirror is not None and abs(shape.mirror[1] - c @ shape.mirror[0]) < 0.1 * r
+    assert shape.vertices[:, 2].min() < c[2] - 0.8 * r  # below the plate (at c - 0.3 r), near the true bottom
+
+
 def test_the_space_under_an_overhang_is_not_filled_down_to_the_table():
     """A box standing on one edge, tilted 45°: the convex prior reaches down to the table
     only under its lowest part, not under the whole overhanging box."""

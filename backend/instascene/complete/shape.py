@@ -165,6 +165,10 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     means = means[core_points(means, spacing)]
     ground = plane if resting_on(means, others, plane, spacing) else None  # the plane it stands on, if it does
     lo, hi = object_box(means, ground, p.pad)
+    if p.symmetry and plane is not None and ground is None:  # resting on another object: room below
+        h = means @ plane[0]  # for the mirror image of its seen top (planes through its middle half)
+        drop = means - 0.5 * (h.max() - h.min()) * np.asarray(plane[0])[None]
+        lo, hi = np.minimum(lo, drop.min(0)), np.maximum(hi, drop.max(0))
     grid = Grid.around(lo, hi, p.resolution)
     carving = carve(ev, instance, grid, p.margin_voxels * grid.size)
     own, inside = grid.index(means)
@@ -204,11 +208,21 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     occ = _main_parts(hull & (bound < 0), own[inside], p.min_component)
     mirror = None
     if p.symmetry and plane is not None:
-        found = mirror_plane(occ, grid, means, plane, p.symmetry_max_conflict, p.symmetry_max_tilt,
+        # judged against the convex bound where it reaches down to the table (its footprint);
+        # resting on another object, that bound is cut flat at the lowest seen point, the very
+        # part the mirror image is there to supply: judged against the evidence alone there
+        # (free space, the table, the others). That test is weaker (unseen space takes any
+        # image), so there a best plane at the tilt limit is taken for what it is: the nearest
+        # allowed to a plane beyond it (a slab tilted more), which misplaces the image
+        judge = occ if ground is not None else _main_parts(hull & (table < 0), own[inside], p.min_component)
+        found = mirror_plane(judge, grid, means, plane, p.symmetry_max_conflict, p.symmetry_max_tilt,
                              grounded=ground is not None)
+        if found is not None and ground is None and \
+                found[0] @ plane[0] < np.cos(np.radians(p.symmetry_max_tilt - 0.5)):
+            found = None
         if found is not None:
             mirror = found[:2]  # the mirror image of clearly empty space is empty...
-            hull &= ~mirrored_empty(occ, grid, mirror) | observed
+            hull &= ~mirrored_empty(judge, grid, mirror) | observed
             if p.convex_prior:  # ... and the mirror image of the seen surface may be surface
                 bound = np.maximum(table, convex_bound(np.concatenate([means, _mirror(means, mirror)])))
             occ = _main_parts(hull & (bound < 0), own[inside], p.min_component)
