@@ -166,8 +166,8 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     ground = plane if resting_on(means, others, plane, spacing) else None  # the plane it stands on, if it does
     lo, hi = object_box(means, ground, p.pad)
     if p.symmetry and plane is not None and ground is None:  # resting on another object: room below
-        h = means @ plane[0]  # for the mirror image of its seen top (planes through its middle half)
-        drop = means - 0.5 * (h.max() - h.min()) * np.asarray(plane[0])[None]
+        up = np.asarray(plane[0], np.float64)  # for the mirror image of its seen top (planes through its middle half)
+        drop = means - 0.5 * np.ptp(means @ up) * up
         lo, hi = np.minimum(lo, drop.min(0)), np.maximum(hi, drop.max(0))
     grid = Grid.around(lo, hi, p.resolution)
     carving = carve(ev, instance, grid, p.margin_voxels * grid.size)
@@ -211,15 +211,10 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
         # judged against the convex bound where it reaches down to the table (its footprint);
         # resting on another object, that bound is cut flat at the lowest seen point, the very
         # part the mirror image is there to supply: judged against the evidence alone there
-        # (free space, the table, the others). That test is weaker (unseen space takes any
-        # image), so there a best plane at the tilt limit is taken for what it is: the nearest
-        # allowed to a plane beyond it (a slab tilted more), which misplaces the image
+        # (free space, the table, the others)
         judge = occ if ground is not None else _main_parts(hull & (table < 0), own[inside], p.min_component)
         found = mirror_plane(judge, grid, means, plane, p.symmetry_max_conflict, p.symmetry_max_tilt,
                              grounded=ground is not None)
-        if found is not None and ground is None and \
-                found[0] @ plane[0] < np.cos(np.radians(p.symmetry_max_tilt - 0.5)):
-            found = None
         if found is not None:
             mirror = found[:2]  # the mirror image of clearly empty space is empty...
             hull &= ~mirrored_empty(judge, grid, mirror) | observed
@@ -296,7 +291,10 @@ def mirror_plane(occ: np.ndarray, grid: Grid, means: np.ndarray, plane, max_conf
     pass through the middle half of the object's extent along their normal, its hidden
     part down to the table included when it stands there (`grounded`; a ball resting
     on another object is as symmetric, about its own middle). Coarse to fine: 4° and one voxel apart, then 1° and
-    a quarter voxel around the four best."""
+    a quarter voxel around the four best. Not grounded, `occ` holds only what the
+    evidence rules out (close_shape), a weaker test: unseen space takes any image, so a
+    best plane at the tilt limit is none there — the nearest allowed to a plane beyond
+    it (a slab tilted more), whose image would lie beside the true surface."""
     n = np.asarray(plane[0], np.float64)
     empty = _deep_empty(occ)
     pts = means[:: max(1, len(means) // sample)]
@@ -327,6 +325,8 @@ def mirror_plane(occ: np.ndarray, grid: Grid, means: np.ndarray, plane, max_conf
     if best is None or best_conflict > max_conflict:
         return None
     q, offsets, c = best
+    if not grounded and q @ n < np.cos(np.radians(max_tilt - 0.5)):
+        return None  # see the docstring: the nearest allowed plane to one beyond the limit
     return q, float(offsets[int(np.argmin(c))]), best_conflict
 
 
