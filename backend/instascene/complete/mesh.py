@@ -38,6 +38,7 @@ class MeshParams:
     truncation_voxels: float = 3.0
     pad: float = 0.1  # grid padding, share of the extent per side
     edge_voxels: float = 3.0  # a pixel whose 3x3 neighbourhood spans more depth than this is no evidence
+    solid_alpha: float = 0.97  # a surface pixel covered less than this is a disc's soft rim: no evidence
     surfel_band: float = 1.0  # truncations: this close to a surfel the distance is to the surfels (0 = ring only)
     surfel_kernel: float = 1.0  # voxels: Gaussian width of a surfel's weight
     surfel_neighbours: int = 8
@@ -60,9 +61,15 @@ class Mesh:
 
 def fuse_tsdf(cameras, depth: np.ndarray, lo: np.ndarray, hi: np.ndarray, plane,
               p: MeshParams, prior: tuple[Grid, np.ndarray] | None = None,
-              surfels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[Grid, np.ndarray]:
+              surfels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+              alpha: np.ndarray | None = None) -> tuple[Grid, np.ndarray]:
     """Signed distance (in truncation units, + outside) on a grid over [lo, hi], from
-    per-view camera-z depth maps (0 = no surface: the ray meets nothing). Voxels no view reaches
+    per-view camera-z depth maps (0 = no surface: the ray meets nothing). With the views'
+    coverage `alpha`, a surface pixel covered less than `solid_alpha` is no evidence
+    either way: past an object's edges the rendered discs' soft rims reach a disc's
+    radius beyond the last surfel, and as surface they would grow wings along every
+    edge and corner (built-in prism and bunny: mesh precision 0.83 / 0.73 with them,
+    0.90 / 0.81 without). Voxels no view reaches
     (an object's underside, seen from a ring above the table) take their side from
     `prior`, an occupancy grid (the closed shape), else count as inside. `surfels`
     (means, unit normals, opacities): near them the distance is theirs (`surfel_distance`),
@@ -76,13 +83,16 @@ def fuse_tsdf(cameras, depth: np.ndarray, lo: np.ndarray, hi: np.ndarray, plane,
     acc = np.zeros(len(pts))
     wsum = np.zeros(len(pts))
     carved = np.zeros(len(pts), bool)
-    for cam, d_map in zip(cameras, depth):
+    for i, (cam, d_map) in enumerate(zip(cameras, depth)):
         a_map = d_map > 0
+        rim = a_map & (alpha[i] < p.solid_alpha) if alpha is not None else np.zeros_like(a_map)
+        d_map = np.where(rim, 0.0, d_map)
         if p.edge_voxels > 0:
             d_map = np.where(depth_range(d_map) > p.edge_voxels * grid.size, 0.0, d_map)
         u, v, z = project(cam, pts)
         ok = in_frame(cam, u, v, z)
         idx = np.flatnonzero(ok)
+        idx = idx[~rim[v[idx], u[idx]]]
         d = d_map[v[idx], u[idx]]
         hit = a_map[v[idx], u[idx]]
         carved[idx[~hit]] = True  # the ray through this voxel meets nothing

@@ -315,7 +315,8 @@ def complete_instance(scene, splats, labels, ev: SceneEvidence, plane, k: int, g
 
     progress("mesh")
     surfels = (full.means.astype(np.float64), full.normals(), full.opacities().astype(np.float64))
-    grid, tsdf = fuse_tsdf(ring, R.depth, lo, hi, plane, p.mesh, prior=(shp.grid, shp.occupancy), surfels=surfels)
+    grid, tsdf = fuse_tsdf(ring, R.depth, lo, hi, plane, p.mesh, prior=(shp.grid, shp.occupancy), surfels=surfels,
+                           alpha=R.alpha)
     verts, faces = extract_mesh(grid, tsdf)
     if len(faces) == 0:
         raise InstaSceneError(f"instance {k}: the fused mesh is empty (no depth fell inside the object's grid)")
