@@ -254,6 +254,53 @@ def test_a_ball_sunk_into_a_hole_is_closed_by_its_mirror_image_not_cut_flat():
     assert shape.vertices[:, 2].min() < c[2] - 0.8 * r  # below the plate (at c - 0.3 r), near the true bottom
 
 
+def test_the_inside_of_a_mug_its_rim_hides_is_carved_by_the_mirror_image_of_the_inside_seen():
+    """A mug against a wall, seen only from the front: the cameras see its far inner
+    wall over the rim and the space in front of it empty, never the near half of its
+    inside. The hull keeps that half solid; the mirror image of the space seen empty,
+    about the mug's upright plane through its handle, empties it. Its walls and handle
+    stay."""
+    from instascene.complete.evidence import scene_evidence
+    from instascene.complete.shape import ShapeParams, close_shape
+
+    R, r_in, H = 0.04, 0.033, 0.08
+    rng = np.random.default_rng(0)
+
+    def wall(radius, z0, n, facing):
+        t, z = rng.uniform(0, 2 * np.pi, n), rng.uniform(z0, H, n)
+        u = np.c_[np.cos(t), np.sin(t), np.zeros(n)]
+        return np.c_[radius * u[:, :2], z], facing * u
+
+    (outer, n_out), (inner, n_in) = wall(R, 0.0, 9000, 1.0), wall(r_in, 0.008, 7000, -1.0)
+    t, rr = rng.uniform(0, 2 * np.pi, 1500), np.sqrt(rng.uniform(r_in**2, R**2, 1500))
+    rim = np.c_[rr * np.cos(t), rr * np.sin(t), np.full(1500, H)]
+    lo, hi = np.array([R, -0.006, 0.02]), np.array([R + 0.025, 0.006, 0.06])  # the handle, in the plane y = 0
+    handle = rng.uniform(lo, hi, (4000, 3))
+    axis, top = rng.integers(0, 3, len(handle)), rng.integers(0, 2, len(handle)).astype(bool)
+    handle[np.arange(len(handle)), axis] = np.where(top, hi[axis], lo[axis])
+    n_handle = np.eye(3)[axis] * np.where(top, 1.0, -1.0)[:, None]
+    keep = ~((axis == 0) & ~top) & (handle[:, 1] < 0)  # not against the mug; its front half
+    front, back = outer[:, 1] < 0.005, inner[:, 1] > -0.005  # what the front cameras see
+    pts = np.r_[outer[front], inner[back], rim, handle[keep]]
+    normals = np.r_[n_out[front], n_in[back], np.tile([0.0, 0.0, 1.0], (len(rim), 1)), n_handle[keep]]
+    cams = [c for c in ring_cameras(np.array([0.0, 0.0, H / 2]), 0.4, 16, 40, 64, 64, 40) if c.center[1] < -0.05]
+    ev = scene_evidence(_surfels_facing(pts, normals, 0.003), np.zeros(len(pts), int), cams)
+    probes = np.array([[0.0, -0.022, 0.05],  # the inside, near half (hidden by the rim)
+                       [0.0, 0.022, 0.05],  # the inside, far half (seen)
+                       [0.0, -0.0365, 0.04], [0.0525, 0.0, 0.04]])  # the near wall, the handle
+
+    def occupied(upright):
+        shape = close_shape(ev, 0, pts, np.zeros((0, 3)), (np.array([0.0, 0.0, 1.0]), 0.0),
+                            ShapeParams(resolution=48, upright_symmetry=upright))
+        idx, _ = shape.grid.index(probes)
+        return shape, shape.occupancy.reshape(-1)[idx].tolist()
+
+    shape, occ = occupied(True)
+    assert abs(shape.upright_mirror[0][1]) > 0.99 and abs(shape.upright_mirror[1]) < 0.004
+    assert occ == [False, False, True, True]
+    assert occupied(False)[1] == [True, False, True, True]  # the hull alone fills the near half
+
+
 def test_the_space_under_an_overhang_is_not_filled_down_to_the_table():
     """A box standing on one edge, tilted 45°: the convex prior reaches down to the table
     only under its lowest part, not under the whole overhanging box."""

@@ -329,6 +329,8 @@ def complete_instance(scene, splats, labels, ev: SceneEvidence, plane, k: int, g
         "new_gaussians": int(len(new)),
         "mirror_plane": None if shp.mirror is None else {"normal": np.round(shp.mirror[0], 4).tolist(),
                                                           "offset": round(shp.mirror[1], 6)},
+        "upright_mirror_plane": None if shp.upright_mirror is None else {
+            "normal": np.round(shp.upright_mirror[0], 4).tolist(), "offset": round(shp.upright_mirror[1], 6)},
         "stands_on_table": shp.ground is not None,
         "flat_bottom": shp.flat_bottom,
         "unseen_pixel_share": round(unseen_share, 4),

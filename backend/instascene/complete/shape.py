@@ -38,6 +38,8 @@ class ShapeParams:
     symmetry: bool = True  # mirror the evidence about a plane near horizontal when the object allows it
     symmetry_max_tilt: float = 20.0  # degrees: how far the mirror plane may tilt from the table
     symmetry_max_conflict: float = 0.2  # share of mirrored observed Gaussians allowed in empty space
+    upright_symmetry: bool = True  # carve the mirror image of seen-empty space about an upright plane
+    upright_max_conflict: float = 0.05  # share of mirrored observed Gaussians allowed in seen-empty space
     convex_prior: bool = True  # stay inside the convex hull of the observed surface and its footprint on the plane
     footprint_band: float = 0.05  # the footprint: shadow of the observed surface this low (share of its height)
     footprint_taper: float = 1.0  # unseen bottom slopes inwards: horizontal shrink per unit of height above the table
@@ -55,6 +57,7 @@ class ClosedShape:
     mirror: tuple | None = None  # the symmetry plane used (unit normal q, offset: x·q = offset), if any
     ground: tuple | None = None  # the support plane (n, d) the object stands on, if it does
     flat_bottom: bool = False  # ... with a flat face on it
+    upright_mirror: tuple | None = None  # an upright plane (q, offset) whose image of seen-empty space is empty
 
     @property
     def grid(self) -> Grid:
@@ -221,6 +224,14 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
             if p.convex_prior:  # ... and the mirror image of the seen surface may be surface
                 bound = np.maximum(table, convex_bound(np.concatenate([means, _mirror(means, mirror)])))
             occ = _main_parts(hull & (bound < 0), own[inside], p.min_component)
+    upright = None
+    if p.upright_symmetry and plane is not None:
+        unseen = ~carved  # judged against what the cameras saw empty, nothing else
+        found = upright_mirror_plane(unseen, grid, means, np.asarray(plane[0], np.float64), p.upright_max_conflict)
+        if found is not None:
+            upright = found[:2]
+            hull &= ~mirrored_empty(unseen, grid, upright) | by_surface  # never at the seen surface
+            occ = _main_parts(hull & (bound < 0), own[inside], p.min_component)
     # carving stops `margin` in front of every visible surface: move the hull's own
     # boundary back by that much; the plane and convex bounds are exact as they are
     sdf = ndimage.distance_transform_edt(hull) - ndimage.distance_transform_edt(~hull)
@@ -234,7 +245,7 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     verts = grid.origin + (verts - 2 + 0.5) * grid.size
     occ = field > 0
     flat = ground is not None and flat_bottomed(means, ground, spacing, p.flat_contact)
-    return ClosedShape(carving, occ, verts, faces.astype(np.int64), spacing, mirror, ground, flat)
+    return ClosedShape(carving, occ, verts, faces.astype(np.int64), spacing, mirror, ground, flat, upright)
 
 
 def _main_parts(occ: np.ndarray, observed_index: np.ndarray, min_share: float) -> np.ndarray:
@@ -296,38 +307,74 @@ def mirror_plane(occ: np.ndarray, grid: Grid, means: np.ndarray, plane, max_conf
     best plane at the tilt limit is none there — the nearest allowed to a plane beyond
     it (a slab tilted more), whose image would lie beside the true surface."""
     n = np.asarray(plane[0], np.float64)
+    reach = np.concatenate([means, _onto_plane(means, plane)]) if grounded else means
+    cos_max = np.cos(np.radians(max_tilt))
+    q, offset, conflict = _least_conflict_plane(
+        occ, grid, means, reach, tilted_normals(n, np.radians(max_tilt), np.radians(4.0)),
+        lambda q0: [q for q in tilted_normals(q0, np.radians(4.0), np.radians(1.0)) if q @ n >= cos_max - 1e-9],
+        sample)
+    if q is None or conflict > max_conflict:
+        return None
+    if not grounded and q @ n < np.cos(np.radians(max_tilt - 0.5)):
+        return None  # see the docstring: the nearest allowed plane to one beyond the limit
+    return q, offset, conflict
+
+
+def upright_mirror_plane(occ: np.ndarray, grid: Grid, means: np.ndarray, up: np.ndarray, max_conflict: float,
+                         sample: int = 2000):
+    """An upright mirror plane of the object (normal perpendicular to `up`): (unit normal
+    q, offset, conflict) as in mirror_plane, or None.
+
+    What a neighbour hides of an object, or its rim hides of a cup's inside, is often the
+    mirror image of what the cameras saw on its other side, about an upright plane (a mug
+    through its handle, a brick, a duck standing up). The convex hull fills that hidden
+    space; the mirror image of space seen empty carves it. `occ` is all that no camera
+    saw empty, so the test is stricter than mirror_plane's: `max_conflict` of the
+    mirrored seen Gaussians may land where a camera saw through (a mug's handle mirrored
+    to its other side lands there; an object without such a plane conflicts more).
+    Azimuths 4° and one voxel apart through the middle half of the object, then 1° and a
+    quarter voxel around the four best."""
+    from ..synth.surfels import tangent_frames
+
+    a, b, _ = tangent_frames(np.asarray(up, np.float64)[None])[0].T
+
+    def ring(phi):
+        return [np.cos(t) * a + np.sin(t) * b for t in np.atleast_1d(phi)]
+
+    q, offset, conflict = _least_conflict_plane(
+        occ, grid, means, means, ring(np.radians(np.arange(0.0, 180.0, 4.0))),
+        lambda q0: ring(np.arctan2(q0 @ b, q0 @ a) + np.radians(np.arange(-3.0, 3.5, 1.0))), sample)
+    return None if q is None or conflict > max_conflict else (q, offset, conflict)
+
+
+def _least_conflict_plane(occ: np.ndarray, grid: Grid, means: np.ndarray, reach: np.ndarray, normals, refine,
+                          sample: int):
+    """(q, offset, conflict) of the plane x·q = offset that mirrors the smallest share of
+    `means` (sampled) into clearly empty space (`_deep_empty(occ)`): coarse over
+    `normals` with offsets one voxel apart through the middle half of `reach` along q,
+    then over `refine(q)` around the four best, offsets a quarter voxel apart. q is None
+    when no candidate was tried."""
     empty = _deep_empty(occ)
     pts = means[:: max(1, len(means) // sample)]
-    reach = np.concatenate([means, _onto_plane(means, plane)]) if grounded else means
 
     def conflicts(q, offsets, pts):  # per offset, about the planes x·q = offset
         mirrored = _mirror(pts[None], (q, offsets[:, None]))
         return _lookup(empty, grid, mirrored.reshape(-1, 3), True).reshape(len(offsets), -1).mean(1)
 
-    def middle(q, step):
-        lo, hi = np.percentile(reach @ q, [0.5, 99.5])
-        return np.arange(lo + 0.25 * (hi - lo), lo + 0.75 * (hi - lo) + 1e-12, step)
-
     coarse = []
-    for q in tilted_normals(n, np.radians(max_tilt), np.radians(4.0)):
-        offsets = middle(q, grid.size)
+    for q in normals:
+        lo, hi = np.percentile(reach @ q, [0.5, 99.5])
+        offsets = np.arange(lo + 0.25 * (hi - lo), lo + 0.75 * (hi - lo) + 1e-12, grid.size)
         c = conflicts(q, offsets, pts[:: max(1, len(pts) // 500)])
         coarse.append((float(c.min()), q, float(offsets[np.argmin(c)])))
-    best, best_conflict = None, 1.0
+    best = (None, 0.0, 1.0)
     for _, q0, o0 in sorted(coarse, key=lambda t: t[0])[:4]:
-        for q in tilted_normals(q0, np.radians(4.0), np.radians(1.0)):
-            if q @ n < np.cos(np.radians(max_tilt)) - 1e-9:
-                continue
+        for q in refine(q0):
             offsets = o0 + np.arange(-2.0, 2.0 + 1e-9, 0.25) * grid.size
             c = conflicts(q, offsets, pts)
-            if c.min() < best_conflict:
-                best, best_conflict = (q, offsets, c), float(c.min())
-    if best is None or best_conflict > max_conflict:
-        return None
-    q, offsets, c = best
-    if not grounded and q @ n < np.cos(np.radians(max_tilt - 0.5)):
-        return None  # see the docstring: the nearest allowed plane to one beyond the limit
-    return q, float(offsets[int(np.argmin(c))]), best_conflict
+            if c.min() < best[2]:
+                best = (q, float(offsets[int(np.argmin(c))]), float(c.min()))
+    return best
 
 
 def mirrored_empty(occ: np.ndarray, grid: Grid, mirror) -> np.ndarray:
