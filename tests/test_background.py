@@ -50,17 +50,9 @@ def test_the_table_under_a_removed_box_is_closed_with_the_tables_texture():
 
 def surfels(points: np.ndarray, normal_axis: int, colors: np.ndarray, spacing: float) -> Splats:
     """Flat surfels at `points` facing along world axis `normal_axis` (2 = z, 0 = x)."""
-    n = len(points)
-    quat = [1.0, 0, 0, 0] if normal_axis == 2 else [np.sqrt(0.5), 0, np.sqrt(0.5), 0]  # local z -> world x
-    return Splats(
-        means=points.astype(np.float32),
-        quats=np.tile(quat, (n, 1)).astype(np.float32),
-        log_scales=np.full((n, 2), np.log(0.7 * spacing), np.float32),
-        opacity_logits=np.full(n, 3.0, np.float32),
-        sh_dc=((colors - 0.5) / SH_C0).astype(np.float32),
-        sh_rest=np.zeros((n, 0, 3), np.float32),
-    )
+    from surfel_splats import facing_surfels
 
+    return facing_surfels(points, np.eye(3)[normal_axis], 0.7 * spacing, 3.0, colors)
 
 def test_a_wall_behind_the_removed_box_is_closed_too_with_the_walls_texture():
     from instascene.complete.shape import concat_splats

@@ -161,15 +161,9 @@ def test_a_ball_resting_on_another_object_is_mirrored_about_its_own_middle():
 
 
 def _surfels_facing(points: np.ndarray, normals: np.ndarray, spacing: float):
-    from instascene.io.rotations import rotmat_to_quat
-    from instascene.io.splats import Splats
-    from instascene.synth.surfels import tangent_frames
+    from surfel_splats import facing_surfels
 
-    n = len(points)
-    return Splats(means=points.astype(np.float32), quats=rotmat_to_quat(tangent_frames(normals)).astype(np.float32),
-                  log_scales=np.full((n, 2), np.log(0.8 * spacing), np.float32),
-                  opacity_logits=np.full(n, 4.0, np.float32), sh_dc=np.zeros((n, 3), np.float32),
-                  sh_rest=np.zeros((n, 0, 3), np.float32))
+    return facing_surfels(points, normals, 0.8 * spacing)
 
 
 def test_the_soft_rims_of_a_boxs_discs_grow_no_wings_on_its_mesh():
