@@ -54,6 +54,7 @@ def surfels(points: np.ndarray, normal_axis: int, colors: np.ndarray, spacing: f
 
     return facing_surfels(points, np.eye(3)[normal_axis], 0.7 * spacing, 3.0, colors)
 
+
 def test_a_wall_behind_the_removed_box_is_closed_too_with_the_walls_texture():
     from instascene.complete.shape import concat_splats
 

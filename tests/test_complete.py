@@ -411,6 +411,7 @@ def test_a_plane_at_the_tilt_limit_needs_half_the_conflict():
     assert 0.1 < mirror_plane(occ, grid, seen, plane, 1.0)[2] < 0.2  # conflict at the limit
     assert mirror_plane(occ, grid, seen, plane, 0.2) is None
 
+
 def test_disc_alpha_is_the_opacity_the_discs_give_a_point():
     """2DGS opacity at a point: o exp(-r²/2) per disc at the point's foot on its plane,
     composited over the discs; nothing from a disc whose plane lies too far away."""
