@@ -38,7 +38,7 @@ class ShapeParams:
     symmetry: bool = True  # mirror the evidence about a plane near horizontal when the object allows it
     symmetry_max_tilt: float = 20.0  # degrees: how far the mirror plane may tilt from the table
     symmetry_max_conflict: float = 0.2  # share of mirrored observed Gaussians allowed in empty space
-    symmetry_within: float = 0.04  # ... or the evidence's own plane, if it conflicts this little more (mirror_plane)
+    symmetry_within: float = 0.05  # ... or the evidence's own plane, if it conflicts this little more (mirror_plane)
     upright_symmetry: bool = True  # carve the mirror image of seen-empty space about an upright plane
     upright_max_conflict: float = 0.05  # share of mirrored observed Gaussians allowed in seen-empty space
     convex_prior: bool = True  # stay inside the convex hull of the observed surface and its footprint on the plane
@@ -292,7 +292,7 @@ def tilted_normals(n: np.ndarray, max_tilt: float, step: float) -> np.ndarray:
 
 def mirror_plane(occ: np.ndarray, grid: Grid, means: np.ndarray, plane, max_conflict: float,
                  max_tilt: float = 20.0, sample: int = 2000, grounded: bool = True,
-                 evidence: np.ndarray | None = None, within: float = 0.04):
+                 evidence: np.ndarray | None = None, within: float = 0.05):
     """A mirror plane of the object near the table's orientation: (unit normal q, offset,
     conflict), x·q = offset on the plane, or None.
 
