@@ -423,11 +423,15 @@ def test_a_hull_cut_where_gaussians_were_lost_does_not_tilt_the_mirror_plane():
     def tilt(q):
         return np.degrees(np.arccos(min(1.0, q @ plane[0])))
 
-    q, _, _ = mirror_plane(cut.reshape(grid.shape), grid, seen, plane, 0.2)
+    q, _, least = mirror_plane(cut.reshape(grid.shape), grid, seen, plane, 0.2)
     assert tilt(q) > 1.0
     q, offset, conflict = mirror_plane(cut.reshape(grid.shape), grid, seen, plane, 0.2,
                                        evidence=evidence.reshape(grid.shape))
-    assert tilt(q) < 0.5 and abs(offset - centre @ q) < 0.25 * grid.size and conflict < 0.2
+    assert tilt(q) < 0.5 and abs(offset - centre @ q) < 0.25 * grid.size and least < conflict < 0.2
+    # a plane the bound objects to more than `within` above its own least is not taken
+    q, _, _ = mirror_plane(cut.reshape(grid.shape), grid, seen, plane, 0.2, evidence=evidence.reshape(grid.shape),
+                           within=0.5 * (conflict - least))
+    assert tilt(q) > 1.0
 
 
 def test_a_plane_at_the_tilt_limit_needs_half_the_conflict():
