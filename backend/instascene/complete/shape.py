@@ -403,7 +403,8 @@ def _least_conflict_plane(occ: np.ndarray, grid: Grid, means: np.ndarray, reach:
     return best
 
 
-def _mirror_conflicts(empty: np.ndarray, grid: Grid, pts: np.ndarray, q: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def _mirror_conflicts(empty: np.ndarray, grid: Grid, pts: np.ndarray, q: np.ndarray,
+                      offsets: np.ndarray) -> np.ndarray:
     """Per offset, the share of `pts` whose mirror image about x·q = offset lies in `empty`
     (outside the grid counts as empty)."""
     mirrored = _mirror(pts[None], (q, offsets[:, None]))
