@@ -299,6 +299,64 @@ def test_the_inside_of_a_mug_its_rim_hides_is_carved_by_the_mirror_image_of_the_
     assert near < near_hull - 0.15
 
 
+def test_the_seen_shell_keeps_what_it_wraps_and_drops_what_it_only_faces():
+    """The winding number of the seen surface: a ball whose lowest 30 % no camera saw
+    stays whole down to its hole (spanned by a film that sags little), and the cavity of a cup, whose inner wall
+    faces into it, is not inside although a convex bound fills it."""
+    from instascene.complete.evidence import Grid
+    from instascene.complete.shape import outside_shell, winding_field
+
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(6000, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    grid = Grid.around(np.full(3, -1.5), np.full(3, 1.5), 40)
+    x = grid.centers()
+    r = np.linalg.norm(x, axis=1)
+    w = winding_field(grid, np.ones(grid.shape, bool), u, u * 4 * np.pi / len(u)).reshape(-1)
+    assert abs(np.median(w[r < 0.7]) - 1) < 0.02 and np.abs(w[r > 1.3]).max() < 0.05
+    ball = (r < 1).reshape(grid.shape)
+    top = u[:, 2] > -0.4  # a ball resting in a hole: its bottom unseen
+    kept = ~outside_shell(ball, grid, u[top], u[top], None, 0.3).reshape(-1)
+    assert kept[(r < 0.95) & (x[:, 2] > -0.6)].mean() > 0.99
+
+    # a cup: outer wall r = 1, inner wall r = 0.8 facing the axis, base and floor, open top
+    n = 12000
+    t, z = rng.uniform(0, 2 * np.pi, n), rng.uniform(-1, 1, n)
+    radial = np.c_[np.cos(t), np.sin(t), np.zeros(n)]
+    floor = z > -0.8  # the inner wall ends on the cup's floor
+    outer, inner = np.c_[radial[:, :2], z], np.c_[0.8 * radial[floor, :2], z[floor]]
+    disc = rng.uniform(-1, 1, (n, 2))
+    disc = disc[np.hypot(disc[:, 0], disc[:, 1]) < 1]
+    inside_floor = disc[np.hypot(disc[:, 0], disc[:, 1]) < 0.8]
+    pts = np.r_[outer, inner, np.c_[disc, np.full(len(disc), -1.0)],
+                np.c_[inside_floor, np.full(len(inside_floor), -0.8)]]
+    normals = np.r_[radial, -radial[floor], np.tile([0.0, 0.0, -1.0], (len(disc), 1)),
+                    np.tile([0.0, 0.0, 1.0], (len(inside_floor), 1))]
+    filled = ((np.hypot(x[:, 0], x[:, 1]) < 1) & (np.abs(x[:, 2]) < 1)).reshape(grid.shape)
+    kept = ~outside_shell(filled, grid, pts, normals, None, 0.3).reshape(-1)
+    rr = np.hypot(x[:, 0], x[:, 1])
+    assert kept[(rr < 0.6) & (x[:, 2] > -0.5) & (x[:, 2] < 0.8)].mean() < 0.05  # the cavity
+    assert kept[(rr > 0.84) & (rr < 0.96) & (np.abs(x[:, 2]) < 0.9)].mean() > 0.9  # the wall
+
+
+def test_a_thin_wall_seen_from_both_sides_faces_both_ways():
+    """Normals turned towards the cameras that see each surfel: the two faces of a thin
+    plate, seen from above and from below, point apart whatever sign they came with."""
+    from instascene.complete.evidence import facing_sign, scene_evidence
+
+    g = np.arange(-0.05, 0.05, 0.002) + 0.001
+    x, y = [a.ravel() for a in np.meshgrid(g, g)]
+    top, bottom = np.c_[x, y, np.full_like(x, 0.002)], np.c_[x, y, np.full_like(x, -0.002)]
+    pts = np.r_[top, bottom]
+    up = np.tile([0.0, 0.0, 1.0], (len(pts), 1))
+    normals = np.r_[up[: len(top)], -up[len(top):]]
+    cams = (ring_cameras(np.zeros(3), 0.3, 6, 50, 64, 64, 40)
+            + ring_cameras(np.zeros(3), 0.3, 6, -50, 64, 64, 40))
+    ev = scene_evidence(_surfels_facing(pts, normals, 0.002), np.zeros(len(pts), int), cams)
+    sign = facing_sign(ev, 0, pts, up, 0.003)  # the faces lie 0.004 apart
+    assert np.mean(sign[: len(top)] == 1) > 0.9 and np.mean(sign[len(top):] == -1) > 0.9
+
+
 def test_the_space_under_an_overhang_is_not_filled_down_to_the_table():
     """A box standing on one edge, tilted 45°: the convex prior reaches down to the table
     only under its lowest part, not under the whole overhanging box."""

@@ -10,6 +10,7 @@ the tracker's criterion). From these maps alone:
     evidence, so what hides behind another object stays, as InstaScene's unseen grid;
   * `views_through`: per point, the cameras that saw farther than it (it is air: a hull
     too loose where few cameras looked gets no new surface there);
+  * `facing_sign`: per surfel, which way its normal faces the cameras that see it;
   * `camera_scores`: per real camera, the share of the object's projected volume that
     the camera sees unoccluded (InstaScene's `filter_occ_cam`, on the voxel grid instead
     of a mesh): the best cameras condition the fine-tune.
@@ -195,6 +196,21 @@ def views_through(ev: SceneEvidence, points: np.ndarray, tol: float) -> np.ndarr
         ok = np.flatnonzero(in_frame(cam, u, v, z))
         count[ok[depth[v[ok], u[ok]] > z[ok] + tol]] += 1
     return count
+
+
+def facing_sign(ev: SceneEvidence, instance: int, points: np.ndarray, normals: np.ndarray,
+                margin: float) -> np.ndarray:
+    """Per point, the sign (+1, -1) that turns its normal towards the cameras that see it
+    (its instance's visible surface within `margin` of it), by majority; 0 where no camera
+    sees it. A thin wall seen from both sides (a cup's rim) gets both directions right,
+    which no inside/outside field of a filled hull can give."""
+    votes = np.zeros(len(points))
+    for cam, depth, label in zip(ev.cameras, ev.depth, ev.label):
+        u, v, z = project(cam, points)
+        ok = np.flatnonzero(in_frame(cam, u, v, z))
+        ok = ok[(label[v[ok], u[ok]] == instance) & (np.abs(depth[v[ok], u[ok]] - z[ok]) <= margin)]
+        votes[ok] += np.sign(np.einsum("nk,nk->n", normals[ok], cam.center - points[ok]))
+    return np.sign(votes)
 
 
 def camera_scores(ev: SceneEvidence, instance: int, points: np.ndarray, margin: float) -> np.ndarray:

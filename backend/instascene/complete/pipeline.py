@@ -252,7 +252,8 @@ def complete_instance(scene, splats, labels, ev: SceneEvidence, plane, k: int, g
         others = means[(labels != k) & (np.abs(means @ n + d) > 2 * surfel_spacing(means[idx]))]
     else:
         others = means[labels != k]
-    shp = close_shape(ev, k, observed.means.astype(np.float64), others, plane, p.shape)
+    shp = close_shape(ev, k, observed.means.astype(np.float64), others, plane, p.shape,
+                      observed.normals())
     new = unseen_surfels(shp, observed, ev, p.shape, p.seed)
     full = concat_splats(observed, new)
     is_new = np.r_[np.zeros(len(observed), bool), np.ones(len(new), bool)]

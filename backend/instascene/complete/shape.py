@@ -17,7 +17,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..io.splats import SH_C0, Splats
-from .evidence import Carving, Grid, SceneEvidence, carve, views_through
+from .evidence import Carving, Grid, SceneEvidence, carve, facing_sign, views_through
 
 
 @dataclass
@@ -46,6 +46,7 @@ class ShapeParams:
     footprint_taper: float = 1.0  # unseen bottom slopes inwards: horizontal shrink per unit of height above the table
     flat_contact: float = 2.5  # flat-bottomed: the seen surface comes this close to the table (spacings) around it
     open_round_bottom: bool = True  # no new surfels on the table under an object that is not flat-bottomed
+    shell_winding: float = 0.3  # unseen space stays inside only where the seen shell's winding number exceeds this
 
 
 @dataclass
@@ -161,12 +162,16 @@ def object_box(means: np.ndarray, plane, pad: float) -> tuple[np.ndarray, np.nda
 
 
 def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.ndarray, plane,
-                p: ShapeParams) -> ClosedShape:
-    """Occlusion-aware visual hull of one instance, as occupancy and a closed surface."""
+                p: ShapeParams, normals: np.ndarray | None = None) -> ClosedShape:
+    """Occlusion-aware visual hull of one instance, as occupancy and a closed surface.
+    With the observed surfels' `normals`, unseen space also has to lie inside the seen
+    shell (`outside_shell`)."""
     from skimage.measure import marching_cubes
 
     spacing = surfel_spacing(means)
-    means = means[core_points(means, spacing)]
+    core = core_points(means, spacing)
+    means = means[core]
+    normals = None if normals is None else normals[core]
     ground = plane if resting_on(means, others, plane, spacing) else None  # the plane it stands on, if it does
     lo, hi = object_box(means, ground, p.pad)
     if p.symmetry and plane is not None and ground is None:  # resting on another object: room below
@@ -236,6 +241,10 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
             upright = found[:2]
             hull &= ~mirrored_empty(unseen, grid, upright) | by_surface  # never at the seen surface
             occ = _main_parts(hull & (bound < 0), own[inside], p.min_component)
+    if normals is not None and p.shell_winding > 0:
+        outward = outward_normals(ev, instance, occ, grid, means, normals)
+        hull &= ~outside_shell(occ, grid, means, outward, mirror, p.shell_winding) | by_surface
+        occ = _main_parts(hull & (bound < 0), own[inside], p.min_component)
     # carving stops `margin` in front of every visible surface: move the hull's own
     # boundary back by that much; the plane and convex bounds are exact as they are
     sdf = ndimage.distance_transform_edt(hull) - ndimage.distance_transform_edt(~hull)
@@ -250,6 +259,78 @@ def close_shape(ev: SceneEvidence, instance: int, means: np.ndarray, others: np.
     occ = field > 0
     flat = ground is not None and flat_bottomed(means, ground, spacing, p.flat_contact)
     return ClosedShape(carving, occ, verts, faces.astype(np.int64), spacing, mirror, ground, flat, upright)
+
+
+def outside_shell(occ: np.ndarray, grid: Grid, means: np.ndarray, normals: np.ndarray, mirror,
+                  threshold: float) -> np.ndarray:
+    """The voxels of `occ` outside the seen shell: where the generalised winding number of
+    the observed surfels (`normals` outward; with their mirror image, when the object has
+    a mirror plane) is at most `threshold`.
+
+    The convex bound fills all unseen space between what was seen and the table: the
+    wedge under a brick that rests on its corner and the end of its arm, the hollow
+    between a bunny's legs and its body. The winding number of an open surface is about 1
+    inside it, 0 far outside, and falls smoothly across its holes, about ½ on a film
+    spanning each (Jacobson et al. 2013; for oriented points, Barill et al. 2018): what
+    the seen surface wraps stays, space it only faces goes. Measured on the practice
+    scenes and built-in seeds (oracle labels, volume IoU of the closed shape): the brick
+    0.69 -> 0.86, its like in practice 23 0.77 -> 0.91, a bunny 0.86 -> 0.90; thresholds
+    above 0.3 start to cut objects whose unseen part is large (a domino half unseen, an
+    object 70 % unseen)."""
+    pts, nrm = means, normals
+    k = min(9, len(means))  # each point's share of the surface: a disc to its 8th neighbour
+    area = np.pi * cKDTree(means).query(means, k=k)[0].reshape(len(means), k)[:, -1] ** 2 / max(k - 1, 1)
+    if mirror is not None:  # the image lands where it adds surface, not on the seen one
+        q = mirror[0]
+        image, image_n = _mirror(means, mirror), nrm - 2.0 * (nrm @ q)[:, None] * q
+        new = cKDTree(means).query(image)[0] > 2 * grid.size
+        pts, nrm = np.concatenate([pts, image[new]]), np.concatenate([nrm, image_n[new]])
+        area = np.concatenate([area, area[new]])
+    return occ & (winding_field(grid, occ, pts, nrm * area[:, None]) <= threshold)
+
+
+def outward_normals(ev: SceneEvidence, instance: int, occ: np.ndarray, grid: Grid, means: np.ndarray,
+                    normals: np.ndarray) -> np.ndarray:
+    """The surfels' normals turned towards the cameras that see them; those no camera
+    sees (inside a 2DGS fit) turned out of `occ`, along its signed distance's gradient."""
+    sign = facing_sign(ev, instance, means, normals, 2 * grid.size)
+    hidden = sign == 0
+    sdf = ndimage.distance_transform_edt(~occ) - ndimage.distance_transform_edt(occ)
+    idx, _ = grid.index(means[hidden])
+    out = np.stack([g.reshape(-1)[idx] for g in np.gradient(sdf.astype(np.float32))], axis=1)
+    sign[hidden] = np.sign(np.einsum("nk,nk->n", normals[hidden], out))
+    return normals * np.where(sign == 0, 1.0, sign)[:, None]
+
+
+def winding_field(grid: Grid, where: np.ndarray, points: np.ndarray, dipoles: np.ndarray,
+                  stride: int = 2) -> np.ndarray:
+    """Winding number of oriented surface points (`dipoles`: normal x area) at the voxel
+    centres around `where` (0 farther), Σ d·(p − x) / 4π|p − x|³. It is smooth off the
+    surface: evaluated every `stride` voxels with the points merged into cells `stride`
+    voxels wide (their dipoles summed) and interpolated, 64x fewer terms at stride 2."""
+    cell = np.floor((points - grid.origin) / (stride * grid.size)).astype(np.int64)
+    _, inv = np.unique(cell, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    weight = np.linalg.norm(dipoles, axis=1) + 1e-30
+    d = np.zeros((inv.max() + 1, 3))
+    np.add.at(d, inv, dipoles)
+    p = np.zeros_like(d)
+    np.add.at(p, inv, points * weight[:, None])
+    p /= np.bincount(inv, weight)[:, None]
+    coarse_shape = tuple(-(-np.array(grid.shape) // stride))
+    ijk = np.stack(np.meshgrid(*[np.arange(k) * stride for k in coarse_shape], indexing="ij"), -1).reshape(-1, 3)
+    near = ndimage.binary_dilation(where, iterations=stride)[tuple(np.minimum(ijk, np.array(grid.shape) - 1).T)]
+    x = grid.origin + (ijk[near] + 0.5) * grid.size
+    w = np.zeros(len(ijk))
+    vals = np.empty(len(x))
+    eps = stride * grid.size  # nearer than a cell, the merged points are no dipole: capped
+    for i in range(0, len(x), 2048):
+        r = p[None] - x[i:i + 2048, None]
+        dist = np.maximum(np.linalg.norm(r, axis=2), eps)
+        vals[i:i + 2048] = (np.einsum("bnk,nk->bn", r, d) / dist**3).sum(1) / (4 * np.pi)
+    w[near] = vals
+    at = np.stack(np.meshgrid(*[np.arange(k) / stride for k in grid.shape], indexing="ij"))
+    return ndimage.map_coordinates(w.reshape(coarse_shape), at, order=1, mode="nearest")
 
 
 def _main_parts(occ: np.ndarray, observed_index: np.ndarray, min_share: float) -> np.ndarray:
