@@ -2,8 +2,9 @@
 
 The geometric half of completion, shared by both generators: the occlusion-aware
 visual hull (evidence.carve) inside a box around the observed Gaussians reaching down
-to the support plane, cut at that plane, kept away from the other objects, restricted
-to the parts connected to the observed surface. Its boundary is the object's surface
+to the support plane, cut at that plane, kept away from the other objects and inside
+what the seen surface wraps (its winding number), restricted to the parts connected to
+the observed surface. Its boundary is the object's surface
 where no camera looked: measured (generation.md §5) close to screened Poisson on
 partial scans and, unlike Poisson, it never bulges into space a camera saw empty.
 """
