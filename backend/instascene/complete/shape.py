@@ -322,14 +322,21 @@ def winding_field(grid: Grid, where: np.ndarray, points: np.ndarray, dipoles: np
     ijk = np.stack(np.meshgrid(*[np.arange(k) * stride for k in coarse_shape], indexing="ij"), -1).reshape(-1, 3)
     near = ndimage.binary_dilation(where, iterations=stride)[tuple(np.minimum(ijk, np.array(grid.shape) - 1).T)]
     x = grid.origin + (ijk[near] + 0.5) * grid.size
+    # as matrix products, about the middle in float32: d·(p − x) = d·p − x·d and
+    # |p − x|² = |p|² + |x|² − 2 x·p (distances are at least a cell: no cancellation)
+    mid = x.mean(0) if len(x) else grid.origin
+    x, p = (x - mid).astype(np.float32), (p - mid).astype(np.float32)
+    d = d.astype(np.float32)
+    dp, pp = np.einsum("nk,nk->n", d, p), np.einsum("nk,nk->n", p, p)
+    eps2 = np.float32((stride * grid.size) ** 2)  # nearer than a cell, the merged points are no dipole: capped
     w = np.zeros(len(ijk))
     vals = np.empty(len(x))
-    eps = stride * grid.size  # nearer than a cell, the merged points are no dipole: capped
-    for i in range(0, len(x), 2048):
-        r = p[None] - x[i:i + 2048, None]
-        dist = np.maximum(np.linalg.norm(r, axis=2), eps)
-        vals[i:i + 2048] = (np.einsum("bnk,nk->bn", r, d) / dist**3).sum(1) / (4 * np.pi)
-    w[near] = vals
+    step = max(1, (1 << 22) // max(len(p), 1))
+    for i in range(0, len(x), step):
+        xi = x[i:i + step]
+        r2 = np.maximum(pp[None] + np.einsum("bk,bk->b", xi, xi)[:, None] - 2 * (xi @ p.T), eps2)
+        vals[i:i + step] = ((dp[None] - xi @ d.T) / (r2 * np.sqrt(r2))).sum(1, dtype=np.float64)
+    w[near] = vals / (4 * np.pi)
     at = np.stack(np.meshgrid(*[np.arange(k) / stride for k in grid.shape], indexing="ij"))
     return ndimage.map_coordinates(w.reshape(coarse_shape), at, order=1, mode="nearest")
 
