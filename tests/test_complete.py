@@ -301,8 +301,8 @@ def test_the_inside_of_a_mug_its_rim_hides_is_carved_by_the_mirror_image_of_the_
 
 def test_the_seen_shell_keeps_what_it_wraps_and_drops_what_it_only_faces():
     """The winding number of the seen surface: a ball whose lowest 30 % no camera saw
-    stays whole down to its hole (spanned by a film that sags little), and the cavity of a cup, whose inner wall
-    faces into it, is not inside although a convex bound fills it."""
+    stays whole down to its hole (spanned by a film that sags little), and the cavity of
+    a cup, whose inner wall faces into it, is not inside although a convex bound fills it."""
     from instascene.complete.evidence import Grid
     from instascene.complete.shape import outside_shell, winding_field
 

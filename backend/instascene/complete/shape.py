@@ -279,12 +279,12 @@ def outside_shell(occ: np.ndarray, grid: Grid, means: np.ndarray, normals: np.nd
     above 0.3 start to cut objects whose unseen part is large (a domino half unseen, an
     object 70 % unseen)."""
     pts, nrm = means, normals
+    tree = cKDTree(means)
     k = min(9, len(means))  # each point's share of the surface: a disc to its 8th neighbour
-    area = np.pi * cKDTree(means).query(means, k=k)[0].reshape(len(means), k)[:, -1] ** 2 / max(k - 1, 1)
+    area = np.pi * tree.query(means, k=k)[0].reshape(len(means), k)[:, -1] ** 2 / max(k - 1, 1)
     if mirror is not None:  # the image lands where it adds surface, not on the seen one
-        q = mirror[0]
-        image, image_n = _mirror(means, mirror), nrm - 2.0 * (nrm @ q)[:, None] * q
-        new = cKDTree(means).query(image)[0] > 2 * grid.size
+        image, image_n = _mirror(means, mirror), _mirror(nrm, (mirror[0], 0.0))  # directions: through the origin
+        new = tree.query(image)[0] > 2 * grid.size
         pts, nrm = np.concatenate([pts, image[new]]), np.concatenate([nrm, image_n[new]])
         area = np.concatenate([area, area[new]])
     return occ & (winding_field(grid, occ, pts, nrm * area[:, None]) <= threshold)
@@ -296,6 +296,8 @@ def outward_normals(ev: SceneEvidence, instance: int, occ: np.ndarray, grid: Gri
     sees (inside a 2DGS fit) turned out of `occ`, along its signed distance's gradient."""
     sign = facing_sign(ev, instance, means, normals, 2 * grid.size)
     hidden = sign == 0
+    if not hidden.any():
+        return normals * sign[:, None]
     sdf = ndimage.distance_transform_edt(~occ) - ndimage.distance_transform_edt(occ)
     idx, _ = grid.index(means[hidden])
     out = np.stack([g.reshape(-1)[idx] for g in np.gradient(sdf.astype(np.float32))], axis=1)
