@@ -166,12 +166,29 @@ def _surfels_facing(points: np.ndarray, normals: np.ndarray, spacing: float):
     return facing_surfels(points, normals, 0.8 * spacing)
 
 
+def _box_of_discs(center: np.ndarray, half: np.ndarray, rot: np.ndarray, spacing: float, sigma: float):
+    """Disc centres on a rotated box's faces, `spacing` apart, and the surfels (scale `sigma`)."""
+    pts, nrm = [], []
+    for ax in range(3):
+        o1, o2 = (ax + 1) % 3, (ax + 2) % 3
+        a, b = (x.ravel() for x in np.meshgrid(np.arange(-half[o1] + spacing / 2, half[o1], spacing),
+                                               np.arange(-half[o2] + spacing / 2, half[o2], spacing)))
+        for sign in (-1.0, 1.0):
+            p = np.zeros((len(a), 3))
+            p[:, ax], p[:, o1], p[:, o2] = sign * half[ax], a, b
+            pts.append(p)
+            nrm.append(np.tile(np.eye(3)[ax] * sign, (len(a), 1)))
+    pts, nrm = center + np.concatenate(pts) @ rot.T, np.concatenate(nrm) @ rot.T
+    return pts, _surfels_facing(pts, nrm, sigma)
+
+
 def test_the_soft_rims_of_a_boxs_discs_grow_no_wings_on_its_mesh():
     """A tilted box of large soft discs (σ ≈ 2.4 × their spacing), rendered from the ring
     as the pipeline does: past every edge the discs' rims still cover a pixel more than
     half, with the depth of the face they continue. Taken as surface they grow wings
     along the edges (the mesh reaches 25-55 % beyond the box); as no evidence, the mesh
-    is the box."""
+    is the box. (This rule alone: past the surfels' band their edge decides too, which
+    also trims these wings — `beyond_voxels`, off here.)"""
     import torch
     from scipy.spatial.transform import Rotation
 
@@ -182,18 +199,7 @@ def test_the_soft_rims_of_a_boxs_discs_grow_no_wings_on_its_mesh():
 
     center, half, s = np.array([0.0, 0.0, 0.3]), np.array([0.1, 0.06, 0.04]), 0.006
     rot = Rotation.from_euler("zx", [30, 20], degrees=True).as_matrix()
-    pts, nrm = [], []
-    for ax in range(3):
-        o1, o2 = (ax + 1) % 3, (ax + 2) % 3
-        a, b = (x.ravel() for x in np.meshgrid(np.arange(-half[o1] + s / 2, half[o1], s),
-                                               np.arange(-half[o2] + s / 2, half[o2], s)))
-        for sign in (-1.0, 1.0):
-            p = np.zeros((len(a), 3))
-            p[:, ax], p[:, o1], p[:, o2] = sign * half[ax], a, b
-            pts.append(p)
-            nrm.append(np.tile(np.eye(3)[ax] * sign, (len(a), 1)))
-    pts, nrm = center + np.concatenate(pts) @ rot.T, np.concatenate(nrm) @ rot.T
-    box = _surfels_facing(pts, nrm, 3 * s)
+    pts, box = _box_of_discs(center, half, rot, s, 3 * s)
     cams = ring_cameras(center, 0.9, 16, 30, 192, 192, 50)
     g, cache, depth = view_caches(box, cams, gap=0.01)
     R = render_cached(g, cache, cams, depth, torch.zeros(len(box), 3), torch.ones(len(box)))
@@ -208,12 +214,52 @@ def test_the_soft_rims_of_a_boxs_discs_grow_no_wings_on_its_mesh():
     tau = 0.01 * np.linalg.norm(2 * half)
 
     def precision(alpha):
-        grid, tsdf = fuse_tsdf(cams, R.depth, pts.min(0), pts.max(0), None, MeshParams(resolution=56),
+        grid, tsdf = fuse_tsdf(cams, R.depth, pts.min(0), pts.max(0), None, MeshParams(resolution=56, beyond_voxels=0),
                                prior=(shape_grid, closed), surfels=surfels, alpha=alpha)
         return np.mean(np.abs(outside_box(sample_surface(extract_mesh(grid, tsdf), 20_000))) < tau)
 
     assert precision(R.alpha) > 0.97
     assert precision(None) < 0.8  # every covered pixel taken as surface
+
+
+def test_a_plate_three_voxels_thick_grows_no_second_sheet():
+    """A thin plate (an ear, a fin: 4 mm, about three mesh voxels) rendered from the ring:
+    a view from one side sees its near face, one from the other side puts the space
+    just off that face behind its own near face (inside), and those layers lie past the
+    surfels' band where the surfels no longer decide. The mesh took them for a second
+    sheet around the plate (13 % of it more than τ off the plate, the worst 4 voxels
+    out); now no inside begins past the band where its edge is outside."""
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    from instascene.complete.evidence import Grid
+    from instascene.complete.mesh import MeshParams, extract_mesh, fuse_tsdf
+    from instascene.complete.ring import render_cached, view_caches
+    from instascene.eval.metrics import sample_surface
+
+    center, half, s = np.array([0.0, 0.0, 0.3]), np.array([0.05, 0.03, 0.002]), 0.0015
+    rot = Rotation.from_euler("zx", [30, 50], degrees=True).as_matrix()
+    pts, plate = _box_of_discs(center, half, rot, s, 1.5 * s)
+    cams = ring_cameras(center, 0.9, 16, 30, 192, 192, 50)
+    g, cache, depth = view_caches(plate, cams, gap=0.01)
+    R = render_cached(g, cache, cams, depth, torch.zeros(len(plate), 3), torch.ones(len(plate)))
+
+    def off_plate(x):
+        q = np.abs((x - center) @ rot) - half
+        return np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(1), 0)
+
+    shape_grid = Grid.around(pts.min(0) - 0.02, pts.max(0) + 0.02, 60)
+    closed = (off_plate(shape_grid.centers()) < shape_grid.size).reshape(shape_grid.shape)
+    surfels = (plate.means.astype(np.float64), plate.normals(), plate.opacities().astype(np.float64))
+    tau = 0.01 * np.linalg.norm(2 * half)
+
+    def precision(beyond):
+        grid, tsdf = fuse_tsdf(cams, R.depth, pts.min(0), pts.max(0), None, MeshParams(beyond_voxels=beyond),
+                               prior=(shape_grid, closed), surfels=surfels, alpha=R.alpha)
+        return np.mean(np.abs(off_plate(sample_surface(extract_mesh(grid, tsdf), 20_000))) < tau)
+
+    assert precision(MeshParams().beyond_voxels) > 0.95
+    assert precision(0.0) < 0.9  # without the rule
 
 
 def test_a_ball_sunk_into_a_hole_is_closed_by_its_mirror_image_not_cut_flat():
