@@ -103,11 +103,12 @@ def fuse_tsdf(cameras, depth: np.ndarray, lo: np.ndarray, hi: np.ndarray, plane,
         acc[j] += np.clip(sdf[near] / trunc, -1.0, 1.0)
         wsum[j] += 1.0
         carved[idx[hit & (sdf > trunc)]] = True
-    unreached = -1.0
+    unreached, shape = -1.0, None
     if prior is not None:
         pgrid, pocc = prior
         idx, inside = pgrid.index(pts)
-        unreached = np.where(inside & pocc.reshape(-1)[idx], -1.0, 1.0)
+        shape = (inside & pocc.reshape(-1)[idx]).reshape(grid.shape)
+        unreached = np.where(shape.reshape(-1), -1.0, 1.0)
     tsdf = np.where(wsum > 0, acc / np.maximum(wsum, 1), np.where(carved, 1.0, unreached))
     under = None
     if plane is not None:
@@ -125,7 +126,7 @@ def fuse_tsdf(cameras, depth: np.ndarray, lo: np.ndarray, hi: np.ndarray, plane,
             if p.pocket_voxels > 0:
                 tsdf = fill_pockets(tsdf, p.pocket_voxels)
             if p.beyond_voxels > 0:
-                tsdf = outside_past_band(tsdf, band, p.beyond_voxels)
+                tsdf = outside_past_band(tsdf, band, p.beyond_voxels, keep=shape)
         if under is not None:
             tsdf = np.maximum(tsdf, under.reshape(grid.shape))
     return grid, tsdf
@@ -147,16 +148,19 @@ def fill_pockets(tsdf: np.ndarray, voxels: int) -> np.ndarray:
     return np.where(pocket, -np.maximum(np.abs(tsdf), 1e-3), tsdf)
 
 
-def outside_past_band(tsdf: np.ndarray, band: np.ndarray, voxels: float) -> np.ndarray:
+def outside_past_band(tsdf: np.ndarray, band: np.ndarray, voxels: float,
+                      keep: np.ndarray | None = None) -> np.ndarray:
     """`tsdf` with the voxels up to `voxels` past the surfel band outside where the
-    band's nearest voxel is: the surface lies at the surfels, so no inside begins
-    beyond them. The ring's own distance there is often a thin layer of inside a
-    band's width off the surface — a disc overhanging an edge, seen edge-on, hides
-    what lies behind it; a thin part's far side, seen through it, puts space in front
-    of it behind a surface — and the mesh grew a second sheet there (built-in bunny:
-    mesh 2.3 voxels outside the true surface where no camera saw it, its new surfels
-    0.8). Applied after the pockets are filled, so that the outside of surfels inside
-    the object stays a pocket."""
+    band's nearest voxel is, unless `keep` (the closed shape) holds them: the surface
+    lies at the surfels, so no inside begins beyond them. The ring's own distance there
+    is often a thin layer of inside a band's width off the surface — a disc overhanging
+    an edge, seen edge-on, hides what lies behind it; a thin part's far side, seen
+    through it, puts the space in front of it behind a surface — and the mesh grew a
+    second sheet there (built-in bunny: mesh 2.3 voxels outside the true surface where
+    no camera saw it, its new surfels 0.8). Applied after the pockets are filled, so
+    that the outside of surfels inside the object stays a pocket; the closed shape is
+    kept, or the unseen inside that a mug's rim hides would part from the inner wall's
+    surfels by a groove."""
     from scipy import ndimage
 
     if not band.any():
@@ -164,6 +168,8 @@ def outside_past_band(tsdf: np.ndarray, band: np.ndarray, voxels: float) -> np.n
     dist, nearest = ndimage.distance_transform_edt(~band, return_indices=True)
     edge = tsdf[tuple(nearest)]
     flip = ~band & (dist <= voxels) & (edge > 0) & (tsdf < 0)
+    if keep is not None:
+        flip &= ~keep
     return np.where(flip, np.maximum(-tsdf, 1e-3), tsdf)
 
 
