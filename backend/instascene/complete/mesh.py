@@ -20,7 +20,9 @@ resolved, which the surfels keep (practice scenes, oracle labels: mean mesh F@1 
 +0.005 to +0.013; built-in seeds, with the next step, +0.05 to +0.07). Surfels inside
 the object (a 2DGS fit leaves some) enclose thin pockets of outside there: outside that
 joins the exterior only through a channel about two voxels wide is inside (+0.01 to
-+0.015 more). docs/benchmarks.md, completion, "Session 15".
++0.015 more). docs/benchmarks.md, completion, "Session 15". Just past the band no
+inside begins where the band's edge is outside (`outside_past_band`: the ring left thin
+layers of inside there, a second sheet past edges and thin parts; "Session 20").
 """
 
 from __future__ import annotations
