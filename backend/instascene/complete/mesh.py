@@ -105,12 +105,12 @@ def fuse_tsdf(cameras, depth: np.ndarray, lo: np.ndarray, hi: np.ndarray, plane,
         acc[j] += np.clip(sdf[near] / trunc, -1.0, 1.0)
         wsum[j] += 1.0
         carved[idx[hit & (sdf > trunc)]] = True
-    unreached, shape = -1.0, None
+    unreached, closed = -1.0, None  # closed: the prior's occupancy on this grid
     if prior is not None:
         pgrid, pocc = prior
         idx, inside = pgrid.index(pts)
-        shape = (inside & pocc.reshape(-1)[idx]).reshape(grid.shape)
-        unreached = np.where(shape.reshape(-1), -1.0, 1.0)
+        closed = (inside & pocc.reshape(-1)[idx]).reshape(grid.shape)
+        unreached = np.where(closed.reshape(-1), -1.0, 1.0)
     tsdf = np.where(wsum > 0, acc / np.maximum(wsum, 1), np.where(carved, 1.0, unreached))
     under = None
     if plane is not None:
@@ -128,7 +128,7 @@ def fuse_tsdf(cameras, depth: np.ndarray, lo: np.ndarray, hi: np.ndarray, plane,
             if p.pocket_voxels > 0:
                 tsdf = fill_pockets(tsdf, p.pocket_voxels)
             if p.beyond_voxels > 0:
-                tsdf = outside_past_band(tsdf, band, p.beyond_voxels, keep=shape)
+                tsdf = outside_past_band(tsdf, band, p.beyond_voxels, keep=closed)
         if under is not None:
             tsdf = np.maximum(tsdf, under.reshape(grid.shape))
     return grid, tsdf
@@ -188,10 +188,10 @@ def near_occupied(grid: Grid, occupancy: np.ndarray, points: np.ndarray, reach: 
 def surfel_distance(grid: Grid, tsdf: np.ndarray, means: np.ndarray, normals: np.ndarray, opacities: np.ndarray,
                     p: MeshParams) -> tuple[np.ndarray, np.ndarray]:
     """`tsdf` with the voxels within `surfel_band` truncations of a surfel (the band,
-    returned as a mask beside it) set to the
-    surfels' own signed distance: Σ w·n·(x − μ) / Σ w over the nearest surfels, w their
-    opacity × exp(−(r / kernel)²), n turned outwards along the smoothed TSDF's gradient
-    (away from the surfels' centre where that gradient vanishes)."""
+    returned as a mask beside it) set to the surfels' own signed distance:
+    Σ w·n·(x − μ) / Σ w over the nearest surfels, w their opacity × exp(−(r / kernel)²),
+    n turned outwards along the smoothed TSDF's gradient (away from the surfels' centre
+    where that gradient vanishes)."""
     from scipy import ndimage
     from scipy.spatial import cKDTree
 
