@@ -166,8 +166,19 @@ def _surfels_facing(points: np.ndarray, normals: np.ndarray, spacing: float):
     return facing_surfels(points, normals, 0.8 * spacing)
 
 
-def _box_of_discs(center: np.ndarray, half: np.ndarray, rot: np.ndarray, spacing: float, sigma: float):
-    """Disc centres on a rotated box's faces, `spacing` apart, and the surfels (scale `sigma`)."""
+def _ring_mesh_precision(half: np.ndarray, rot: np.ndarray, spacing: float, sigma: float):
+    """A rotated box of discs (`spacing` apart on its faces, scale `sigma`) rendered from the
+    ring as the pipeline does; returns precision(params, alpha=True): the share of the
+    mesh `fuse_tsdf` builds (the box as its closed shape, the views' coverage used or not)
+    within τ (1 % of the box's diagonal) of the box."""
+    import torch
+
+    from instascene.complete.evidence import Grid
+    from instascene.complete.mesh import extract_mesh, fuse_tsdf
+    from instascene.complete.ring import render_cached, view_caches
+    from instascene.eval.metrics import sample_surface
+
+    center = np.array([0.0, 0.0, 0.3])
     pts, nrm = [], []
     for ax in range(3):
         o1, o2 = (ax + 1) % 3, (ax + 2) % 3
@@ -179,7 +190,26 @@ def _box_of_discs(center: np.ndarray, half: np.ndarray, rot: np.ndarray, spacing
             pts.append(p)
             nrm.append(np.tile(np.eye(3)[ax] * sign, (len(a), 1)))
     pts, nrm = center + np.concatenate(pts) @ rot.T, np.concatenate(nrm) @ rot.T
-    return pts, _surfels_facing(pts, nrm, sigma)
+    box = _surfels_facing(pts, nrm, sigma)
+    cams = ring_cameras(center, 0.9, 16, 30, 192, 192, 50)
+    g, cache, depth = view_caches(box, cams, gap=0.01)
+    R = render_cached(g, cache, cams, depth, torch.zeros(len(box), 3), torch.ones(len(box)))
+
+    def off_box(x):
+        q = np.abs((x - center) @ rot) - half
+        return np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(1), 0)
+
+    shape_grid = Grid.around(pts.min(0) - 0.02, pts.max(0) + 0.02, 60)
+    closed = (off_box(shape_grid.centers()) < shape_grid.size).reshape(shape_grid.shape)
+    surfels = (box.means.astype(np.float64), box.normals(), box.opacities().astype(np.float64))
+    tau = 0.01 * np.linalg.norm(2 * half)
+
+    def precision(params, alpha: bool = True) -> float:
+        grid, tsdf = fuse_tsdf(cams, R.depth, pts.min(0), pts.max(0), None, params, prior=(shape_grid, closed),
+                               surfels=surfels, alpha=R.alpha if alpha else None)
+        return np.mean(np.abs(off_box(sample_surface(extract_mesh(grid, tsdf), 20_000))) < tau)
+
+    return precision
 
 
 def test_the_soft_rims_of_a_boxs_discs_grow_no_wings_on_its_mesh():
@@ -189,37 +219,16 @@ def test_the_soft_rims_of_a_boxs_discs_grow_no_wings_on_its_mesh():
     along the edges (the mesh reaches 25-55 % beyond the box); as no evidence, the mesh
     is the box. (This rule alone: past the surfels' band their edge decides too, which
     also trims these wings — `beyond_voxels`, off here.)"""
-    import torch
     from scipy.spatial.transform import Rotation
 
-    from instascene.complete.evidence import Grid
-    from instascene.complete.mesh import MeshParams, extract_mesh, fuse_tsdf
-    from instascene.complete.ring import render_cached, view_caches
-    from instascene.eval.metrics import sample_surface
+    from instascene.complete.mesh import MeshParams
 
-    center, half, s = np.array([0.0, 0.0, 0.3]), np.array([0.1, 0.06, 0.04]), 0.006
     rot = Rotation.from_euler("zx", [30, 20], degrees=True).as_matrix()
-    pts, box = _box_of_discs(center, half, rot, s, 3 * s)
-    cams = ring_cameras(center, 0.9, 16, 30, 192, 192, 50)
-    g, cache, depth = view_caches(box, cams, gap=0.01)
-    R = render_cached(g, cache, cams, depth, torch.zeros(len(box), 3), torch.ones(len(box)))
-
-    def outside_box(x):
-        q = np.abs((x - center) @ rot) - half
-        return np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(1), 0)
-
-    shape_grid = Grid.around(pts.min(0) - 0.02, pts.max(0) + 0.02, 60)
-    closed = (outside_box(shape_grid.centers()) < shape_grid.size).reshape(shape_grid.shape)
-    surfels = (box.means.astype(np.float64), box.normals(), box.opacities().astype(np.float64))
-    tau = 0.01 * np.linalg.norm(2 * half)
-
-    def precision(alpha):
-        grid, tsdf = fuse_tsdf(cams, R.depth, pts.min(0), pts.max(0), None, MeshParams(resolution=56, beyond_voxels=0),
-                               prior=(shape_grid, closed), surfels=surfels, alpha=alpha)
-        return np.mean(np.abs(outside_box(sample_surface(extract_mesh(grid, tsdf), 20_000))) < tau)
-
-    assert precision(R.alpha) > 0.97
-    assert precision(None) < 0.8  # every covered pixel taken as surface
+    s = 0.006
+    precision = _ring_mesh_precision(np.array([0.1, 0.06, 0.04]), rot, s, 3 * s)
+    params = MeshParams(resolution=56, beyond_voxels=0)
+    assert precision(params) > 0.97
+    assert precision(params, alpha=False) < 0.8  # every covered pixel taken as surface
 
 
 def test_a_plate_three_voxels_thick_grows_no_second_sheet():
@@ -229,37 +238,15 @@ def test_a_plate_three_voxels_thick_grows_no_second_sheet():
     surfels' band where the surfels no longer decide. The mesh took them for a second
     sheet around the plate (13 % of it more than τ off the plate, the worst 4 voxels
     out); now no inside begins past the band where its edge is outside."""
-    import torch
     from scipy.spatial.transform import Rotation
 
-    from instascene.complete.evidence import Grid
-    from instascene.complete.mesh import MeshParams, extract_mesh, fuse_tsdf
-    from instascene.complete.ring import render_cached, view_caches
-    from instascene.eval.metrics import sample_surface
+    from instascene.complete.mesh import MeshParams
 
-    center, half, s = np.array([0.0, 0.0, 0.3]), np.array([0.05, 0.03, 0.002]), 0.0015
     rot = Rotation.from_euler("zx", [30, 50], degrees=True).as_matrix()
-    pts, plate = _box_of_discs(center, half, rot, s, 1.5 * s)
-    cams = ring_cameras(center, 0.9, 16, 30, 192, 192, 50)
-    g, cache, depth = view_caches(plate, cams, gap=0.01)
-    R = render_cached(g, cache, cams, depth, torch.zeros(len(plate), 3), torch.ones(len(plate)))
-
-    def off_plate(x):
-        q = np.abs((x - center) @ rot) - half
-        return np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(1), 0)
-
-    shape_grid = Grid.around(pts.min(0) - 0.02, pts.max(0) + 0.02, 60)
-    closed = (off_plate(shape_grid.centers()) < shape_grid.size).reshape(shape_grid.shape)
-    surfels = (plate.means.astype(np.float64), plate.normals(), plate.opacities().astype(np.float64))
-    tau = 0.01 * np.linalg.norm(2 * half)
-
-    def precision(beyond):
-        grid, tsdf = fuse_tsdf(cams, R.depth, pts.min(0), pts.max(0), None, MeshParams(beyond_voxels=beyond),
-                               prior=(shape_grid, closed), surfels=surfels, alpha=R.alpha)
-        return np.mean(np.abs(off_plate(sample_surface(extract_mesh(grid, tsdf), 20_000))) < tau)
-
-    assert precision(MeshParams().beyond_voxels) > 0.95
-    assert precision(0.0) < 0.9  # without the rule
+    s = 0.0015
+    precision = _ring_mesh_precision(np.array([0.05, 0.03, 0.002]), rot, s, 1.5 * s)
+    assert precision(MeshParams()) > 0.95
+    assert precision(MeshParams(beyond_voxels=0.0)) < 0.9  # without the rule
 
 
 def test_a_ball_sunk_into_a_hole_is_closed_by_its_mirror_image_not_cut_flat():
