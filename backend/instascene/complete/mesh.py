@@ -205,7 +205,8 @@ def surfel_distance(grid: Grid, tsdf: np.ndarray, means: np.ndarray, normals: np
     pts = grid.centers()
     d, j = cKDTree(means).query(pts, k=min(p.surfel_neighbours, len(means)), distance_upper_bound=p.surfel_band * trunc)
     d, j = d.reshape(len(pts), -1), j.reshape(len(pts), -1)
-    near = np.flatnonzero(np.isfinite(d[:, 0]))
+    band = np.isfinite(d[:, 0])
+    near = np.flatnonzero(band)
     d, j = d[near], j[near]
     found = np.isfinite(d)
     j = np.where(found, j, 0)
@@ -214,8 +215,6 @@ def surfel_distance(grid: Grid, tsdf: np.ndarray, means: np.ndarray, normals: np
     dist = np.sum(w * np.einsum("vki,vki->vk", n[j], pts[near, None] - means[j]), 1) / w.sum(1)
     out = tsdf.reshape(-1).copy()
     out[near] = np.clip(dist / trunc, -1.0, 1.0)
-    band = np.zeros(out.size, bool)
-    band[near] = True
     return out.reshape(tsdf.shape), band.reshape(tsdf.shape)
 
 
