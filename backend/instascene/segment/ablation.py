@@ -15,7 +15,9 @@ mIoU on Gaussians:
              weighted by feature similarity (the pipeline of session 8)
   + surface graph
              + the same spread over the surface-continuity graph instead (propagate.py)
-  full       + the spread labels refined by graph cuts on that graph (graphcut.py;
+  + graph cuts
+             + the spread labels refined by graph cuts on that graph (graphcut.py)
+  full       + instances that meet in the views on continuous depth joined (seams.py;
              the shipped pipeline)
 
 All at the pipeline's working image size (pipeline.working_cameras).
@@ -41,9 +43,10 @@ from .instances import assign_instances, background_instances, dominant_plane, o
 from .merge import merge_labels, merge_parts
 from .postprocess import coarse_instances, consistent_label_maps, vote_labels
 from .propagate import label_evidence, neighbour_graph, smooth_weight
+from .seams import ImageSeams, join_continuous
 from .tracker import track_masks
 
-VARIANTS = ("naive", "paper", "crossing", "+ plane", "+ merged", "+ spread (features)", "+ surface graph", "full")
+VARIANTS = ("naive", "paper", "crossing", "+ plane", "+ merged", "+ spread (features)", "+ surface graph", "+ graph cuts", "full")
 FEATURE_VARIANTS = ("features: noisy 2D only", "features: 3D only", "features: 3D + filtered 2D",
                     "features: all three losses")
 
@@ -90,9 +93,14 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
     g = Gaussians.from_splats(scene.splats)
     views = [View.from_camera(c) for c in cams]
     contribs = [contributions(g, v, None) for v in views]
+    means = scene.splats.means.astype(np.float64)
+    seams = ImageSeams(len(means), params.seams.jump)
+    for c, cam in zip(contribs, cams):
+        chosen = c.select(params.criterion)
+        seams.add_view(chosen.pixel.numpy(), chosen.gaussian.numpy(), c.width, c.height,
+                       means @ cam.world_to_camera[2, :3] + cam.world_to_camera[2, 3])
     names = [c.name for c in cams]
     maps = [resize_labels(scene.mask(c.name), c.height, c.width) for c in cams]
-    means = scene.splats.means.astype(np.float64)
     eps = params.post.scale(means)
     plane = dominant_plane(means, eps / 2)
     normals = scene.splats.to_2dgs().normals()
@@ -136,10 +144,12 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
     no_cut = replace(ip, propagate=replace(ip.propagate, cut_smoothness=None))
     feature_graph = replace(no_cut, propagate=replace(no_cut.propagate, feature_temperature=0.1, across_surfaces=1.0))
     surface = (neighbour_graph(means, normals, eps, ip.propagate), smooth_weight(ip.propagate))
-    for name, graph in (("+ spread (features)", feature_graph), ("+ surface graph", no_cut), ("full", ip)):
+    for name, graph in (("+ spread (features)", feature_graph), ("+ surface graph", no_cut), ("+ graph cuts", ip)):
         labels = assign_instances(evidence, is_bg, flat, normals, means, eps, min_gaussians, graph,
                                   features=feats.numpy(), masks=masks)
-        out[name] = hungarian_miou(merge_labels(labels, tracks, means, eps, params.merge, surface=surface), gt).miou
+        labels = merge_labels(labels, tracks, means, eps, params.merge, surface=surface)
+        out[name] = hungarian_miou(labels, gt).miou
+    out["full"] = hungarian_miou(join_continuous(labels, seams, params.seams), gt).miou
     if not losses:
         return out
     settings = {  # name: (2D labels, 2D weight, cross-view weight, 3D weight)

@@ -5,7 +5,8 @@
   3. view consensus, clustering, post-processing,  (consensus.py, postprocess.py,
      parts of one object merged                    merge.py)
   4. contrastive feature field                    (features.py)
-  5. instances: evidence spread over the Gaussians (instances.py, propagate.py)
+  5. instances: evidence spread over the Gaussians (instances.py, propagate.py),
+     parts that meet on continuous depth joined    (seams.py)
   6. the run folder (contracts.md), every file whole or not at all
 """
 
@@ -28,6 +29,7 @@ from .instances import InstanceParams, assign_instances, background_instances, d
 from .merge import MergeParams, merge_labels, merge_parts
 from .postprocess import PostParams, coarse_instances, consistent_label_maps, vote_labels
 from .propagate import label_evidence, neighbour_graph, smooth_weight
+from .seams import ImageSeams, SeamParams, join_continuous
 from .tracker import track_masks
 
 
@@ -40,6 +42,7 @@ class SegmentParams:
     consensus: ConsensusParams = field(default_factory=ConsensusParams)
     post: PostParams = field(default_factory=PostParams)
     merge: MergeParams = field(default_factory=MergeParams)
+    seams: SeamParams | None = field(default_factory=SeamParams)  # None: parts are not joined by depth continuity
     features: FeatureParams = field(default_factory=FeatureParams)
     instances: InstanceParams = field(default_factory=InstanceParams)
 
@@ -116,14 +119,22 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
 
 def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) -> dict:
     """The stages after the masks are known. Every view's pairs go to `pairs` (on disk);
-    only the pairs the tracker selects (one per pixel) stay in memory."""
+    only the pairs the tracker selects (one per pixel) stay in memory, and the image seams
+    (an [N, N] sparse count, whatever the number of views)."""
     from ..render import contributions
 
+    means = splats.means.astype(np.float64)
+    seams = ImageSeams(len(means), params.seams.jump) if params.seams is not None else None
     st.start("rasterize", len(views))
     tracked = []
     for i, v in enumerate(views):
         c = contributions(g, v, None)
-        tracked.append(c.select(params.criterion).compact())
+        chosen = c.select(params.criterion).compact()
+        tracked.append(chosen)
+        if seams is not None:
+            w2c = cams[i].world_to_camera
+            seams.add_view(chosen.pixel.cpu().numpy(), chosen.gaussian.cpu().numpy(), chosen.width, chosen.height,
+                           means @ w2c[2, :3] + w2c[2, 3])
         pairs.append(c)
         del c
         st.update(i + 1, len(views), cams[i].name)
@@ -136,7 +147,6 @@ def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) 
     st.end()
 
     st.start("associate")
-    means = splats.means.astype(np.float64)
     cons = view_consensus(tracks, params.consensus)
     nodes = cluster_masks(tracks, cons, params.consensus)
     eps = params.post.scale(means)
@@ -165,6 +175,9 @@ def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) 
     surface = neighbour_graph(means, normals, eps, params.instances.propagate)
     labels = merge_labels(labels, tracks, means, eps, params.merge,
                           surface=(surface, smooth_weight(params.instances.propagate)))
+    if seams is not None:
+        labels = join_continuous(labels, seams, params.seams)
+    del seams
     st.end()
 
     st.start("write")
