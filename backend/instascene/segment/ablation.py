@@ -17,7 +17,7 @@ mIoU on Gaussians:
              + the same spread over the surface-continuity graph instead (propagate.py)
   + graph cuts
              + the spread labels refined by graph cuts on that graph (graphcut.py)
-  full       + instances that meet in the views on continuous depth joined (seams.py;
+  full       + instances that meet in the views on continuous, convex surface joined (seams.py;
              the shipped pipeline)
 
 All at the pipeline's working image size (pipeline.working_cameras).
@@ -94,16 +94,15 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
     views = [View.from_camera(c) for c in cams]
     contribs = [contributions(g, v, None) for v in views]
     means = scene.splats.means.astype(np.float64)
-    seams = ImageSeams(len(means), params.seams.jump)
+    normals = scene.splats.to_2dgs().normals()
+    seams = ImageSeams(means, normals, params.seams)
     for c, cam in zip(contribs, cams):
         chosen = c.select(params.criterion)
-        seams.add_view(chosen.pixel.numpy(), chosen.gaussian.numpy(), c.width, c.height,
-                       means @ cam.world_to_camera[2, :3] + cam.world_to_camera[2, 3])
+        seams.add_view(chosen.pixel.numpy(), chosen.gaussian.numpy(), c.width, c.height, cam.world_to_camera)
     names = [c.name for c in cams]
     maps = [resize_labels(scene.mask(c.name), c.height, c.width) for c in cams]
     eps = params.post.scale(means)
     plane = dominant_plane(means, eps / 2)
-    normals = scene.splats.to_2dgs().normals()
     flat = on_support_plane(means, normals, eps / 5, plane)
     ip = params.instances
     min_gaussians = params.min_gaussians
@@ -149,7 +148,7 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
                                   features=feats.numpy(), masks=masks)
         labels = merge_labels(labels, tracks, means, eps, params.merge, surface=surface)
         out[name] = hungarian_miou(labels, gt).miou
-    out["full"] = hungarian_miou(join_continuous(labels, seams, params.seams), gt).miou
+    out["full"] = hungarian_miou(join_continuous(labels, seams), gt).miou
     if not losses:
         return out
     settings = {  # name: (2D labels, 2D weight, cross-view weight, 3D weight)

@@ -6,7 +6,7 @@
      parts of one object merged                    merge.py)
   4. contrastive feature field                    (features.py)
   5. instances: evidence spread over the Gaussians (instances.py, propagate.py),
-     parts that meet on continuous depth joined    (seams.py)
+     parts that meet on continuous, convex surface (seams.py)
   6. the run folder (contracts.md), every file whole or not at all
 """
 
@@ -42,7 +42,7 @@ class SegmentParams:
     consensus: ConsensusParams = field(default_factory=ConsensusParams)
     post: PostParams = field(default_factory=PostParams)
     merge: MergeParams = field(default_factory=MergeParams)
-    seams: SeamParams | None = field(default_factory=SeamParams)  # None: parts are not joined by depth continuity
+    seams: SeamParams | None = field(default_factory=SeamParams)  # None: no instances joined by how they meet in the views
     features: FeatureParams = field(default_factory=FeatureParams)
     instances: InstanceParams = field(default_factory=InstanceParams)
 
@@ -124,7 +124,8 @@ def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) 
     from ..render import contributions
 
     means = splats.means.astype(np.float64)
-    seams = ImageSeams(len(means), params.seams.jump) if params.seams is not None else None
+    normals = splats.to_2dgs().normals()
+    seams = ImageSeams(means, normals, params.seams) if params.seams is not None else None
     st.start("rasterize", len(views))
     tracked = []
     for i, v in enumerate(views):
@@ -132,9 +133,8 @@ def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) 
         chosen = c.select(params.criterion).compact()
         tracked.append(chosen)
         if seams is not None:
-            w2c = cams[i].world_to_camera
             seams.add_view(chosen.pixel.cpu().numpy(), chosen.gaussian.cpu().numpy(), chosen.width, chosen.height,
-                           means @ w2c[2, :3] + w2c[2, 3])
+                           cams[i].world_to_camera)
         pairs.append(c)
         del c
         st.update(i + 1, len(views), cams[i].name)
@@ -152,7 +152,6 @@ def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) 
     eps = params.post.scale(means)
     coarse = coarse_instances(nodes, tracks, cons, means, params.post, eps)
     plane = dominant_plane(means, eps / 2)
-    normals = splats.to_2dgs().normals()
     flat = on_support_plane(means, normals, eps / 5, plane)
     is_bg = background_instances(coarse, means, flat, params.instances)
     coarse, is_bg = merge_parts(coarse, tracks, means, is_bg, eps, params.merge)
@@ -176,7 +175,7 @@ def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) 
     labels = merge_labels(labels, tracks, means, eps, params.merge,
                           surface=(surface, smooth_weight(params.instances.propagate)))
     if seams is not None:
-        labels = join_continuous(labels, seams, params.seams)
+        labels = join_continuous(labels, seams)
     del seams
     st.end()
 
