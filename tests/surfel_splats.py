@@ -1,4 +1,4 @@
-"""Shared test helper: flat 2DGS surfels at given points, facing given normals."""
+"""Shared test helpers: flat 2DGS surfels at given points, facing given normals; points spread on a sphere."""
 
 import numpy as np
 
@@ -19,3 +19,12 @@ def facing_surfels(points: np.ndarray, normals: np.ndarray, sigma: float, opacit
                   opacity_logits=np.full(n, opacity_logit, np.float32),
                   sh_dc=sh_dc.astype(np.float32),
                   sh_rest=np.zeros((n, 0, 3), np.float32))
+
+
+def sphere_directions(n: int) -> np.ndarray:
+    """[n, 3] unit vectors spread evenly over the sphere (Fibonacci lattice)."""
+    i = np.arange(n) + 0.5
+    z = 1 - 2 * i / n
+    phi = np.pi * (1 + 5 ** 0.5) * i
+    r = np.sqrt(1 - z * z)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)

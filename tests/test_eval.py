@@ -220,14 +220,6 @@ def _concat(parts) -> Splats:
                     ("means", "quats", "log_scales", "opacity_logits", "sh_dc", "sh_rest")))
 
 
-def _fibonacci(n):
-    i = np.arange(n) + 0.5
-    z = 1 - 2 * i / n
-    phi = math.pi * (1 + 5**0.5) * i
-    r = np.sqrt(1 - z * z)
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
-
-
 def _label_map(cam) -> np.ndarray:
     """The true instance map of a view by ray casting the analytic geometry (0 bg, k + 1 object k)."""
     j, i = np.meshgrid(np.arange(cam.width) + 0.5, np.arange(cam.height) + 0.5)
@@ -255,9 +247,11 @@ def world(tmp_path_factory):
     """SCENE (point_cloud.ply, images/, sparse/0/, gt/) and RUN with perfect labels:
     instance 5 = object 0 with completed.ply = its complete surfels; instance 9 = object 1
     with only observed.ply."""
+    from surfel_splats import sphere_directions
+
     root = tmp_path_factory.mktemp("evalworld")
     scene, gt, run = root / "scene", root / "scene" / "gt", root / "run"
-    dirs = np.asarray(_fibonacci(700))
+    dirs = sphere_directions(700)
     objects, scene_parts, gi, objs_meta = [], [], [], []
     colours = [(0.9, 0.2, 0.2), (0.2, 0.8, 0.3)]
     for k, (c, r) in enumerate(SPHERES):

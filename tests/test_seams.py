@@ -11,11 +11,10 @@ from instascene.segment.seams import ImageSeams, SeamParams, join_continuous
 
 
 def _sphere(center, radius: float, n: int):
-    """n points evenly spread on a sphere (Fibonacci lattice) and their outward normals."""
-    i = np.arange(n) + 0.5
-    z = 1 - 2 * i / n
-    phi = np.pi * (1 + 5 ** 0.5) * i
-    d = np.stack([np.sqrt(1 - z ** 2) * np.cos(phi), np.sqrt(1 - z ** 2) * np.sin(phi), z], 1)
+    """n points evenly spread on a sphere and their outward normals."""
+    from surfel_splats import sphere_directions
+
+    d = sphere_directions(n)
     return np.asarray(center) + radius * d, d
 
 
