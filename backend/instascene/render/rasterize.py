@@ -205,13 +205,6 @@ class Contributions:
             self.pixel[keep], self.gaussian[keep], self.transmittance[keep], self.weight[keep],
         )
 
-    def compact(self) -> "Contributions":
-        """Only which Gaussian renders which pixel, as int32 (no T, no weight): a third of
-        the memory, for the tracker, which keeps one such set per view until all are read."""
-        empty = self.weight.new_zeros(0)
-        return Contributions(self.width, self.height, self.n_gaussians, self.pixel.int(), self.gaussian.int(),
-                             empty, empty)
-
     def mask_gaussians(self, label_map) -> "MaskGaussians":
         """The Gaussian set of every mask of a label map [H, W] (0 = no mask), in one
         vectorised pass: unique (label, Gaussian) pairs with the number of pixels."""

@@ -30,7 +30,7 @@ from .merge import MergeParams, merge_labels, merge_parts
 from .postprocess import PostParams, coarse_instances, consistent_label_maps, vote_labels
 from .propagate import label_evidence, neighbour_graph, smooth_weight
 from .seams import ImageSeams, SeamParams, join_continuous
-from .tracker import track_masks
+from .tracker import MaskTracker
 
 
 @dataclass
@@ -118,32 +118,31 @@ def segment_scene(scene_path, run_dir, params: SegmentParams | None = None, devi
 
 
 def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) -> dict:
-    """The stages after the masks are known. Every view's pairs go to `pairs` (on disk);
-    only the pairs the tracker selects (one per pixel) stay in memory, and the image seams
-    (an [N, N] sparse count, whatever the number of views)."""
+    """The stages after the masks are known. Every view's pairs go to `pairs` (on disk) and
+    are tracked as they come; what stays in memory is each mask's Gaussian set and the
+    image seams (an [N, N] sparse count, whatever the number of views)."""
     from ..render import contributions
 
     means = splats.means.astype(np.float64)
     normals = splats.to_2dgs().normals()
     seams = ImageSeams(means, normals, params.seams) if params.seams is not None else None
     st.start("rasterize", len(views))
-    tracked = []
+    tracker = MaskTracker(len(g), None, params.min_gaussians, params.boundary_px)
     for i, v in enumerate(views):
         c = contributions(g, v, None)
-        chosen = c.select(params.criterion).compact()
-        tracked.append(chosen)
+        chosen = c.select(params.criterion)
+        tracker.add_view(chosen, label_maps[i])
         if seams is not None:
             seams.add_view(chosen.pixel.cpu().numpy(), chosen.gaussian.cpu().numpy(), chosen.width, chosen.height,
                            cams[i].world_to_camera)
         pairs.append(c)
-        del c
+        del c, chosen
         st.update(i + 1, len(views), cams[i].name)
     st.end()
 
     st.start("track")
-    tracks = track_masks(tracked, [c.name for c in cams], label_maps, None, params.min_gaussians,
-                         params.boundary_px)  # `tracked` holds the criterion's pairs already
-    del tracked
+    tracks = tracker.tracks([c.name for c in cams])
+    del tracker
     st.end()
 
     st.start("associate")

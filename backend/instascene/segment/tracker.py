@@ -66,53 +66,73 @@ def _bool_csr(rows, cols, shape) -> sp.csr_matrix:
     return m
 
 
+class MaskTracker:
+    """The tracker fed one view at a time, so that a view's pairs can go as soon as it is
+    rasterized: what it keeps grows with the masks' Gaussian sets, not the pixels.
+
+    `add_view(contrib, labels)`: the view's composited pairs (`render.Contributions`,
+    selected with `criterion`, or already selected when it is None) and its label map
+    [H, W] (0 = no mask; None for a view without masks). Pixels within `boundary_px` of a
+    mask boundary are ignored (`mask_interior`); masks with fewer than `min_gaussians`
+    distinct Gaussians are dropped (method.md: 50). `tracks(names)` gives the result."""
+
+    def __init__(self, n_gaussians: int, criterion: str | None = "transmittance", min_gaussians: int = 50,
+                 boundary_px: int = 0):
+        self.n, self.criterion, self.min_gaussians, self.boundary_px = n_gaussians, criterion, min_gaussians, boundary_px
+        self._m_rows, self._m_cols, self._frame_of, self._label_of, self._pixels = [], [], [], [], []
+        self._w_rows, self._w_cols = [], []
+        self._frames = 0
+        self._next_mask = 0
+
+    def add_view(self, contrib, labels) -> None:
+        f = self._frames
+        self._frames += 1
+        c = contrib if self.criterion is None else contrib.select(self.criterion)
+        vis = np.unique(c.gaussian.cpu().numpy()).astype(np.int32)
+        self._w_rows.append(np.full(len(vis), f, np.int32))
+        self._w_cols.append(vis)
+        if labels is None:
+            return
+        sets = c.mask_gaussians(mask_interior(np.asarray(labels), self.boundary_px))
+        lab = sets.label.cpu().numpy()
+        gid = sets.gaussian.cpu().numpy()
+        order = np.lexsort((-sets.pixels.cpu().numpy(), gid))  # per Gaussian, most pixels first
+        first = np.ones(len(order), bool)
+        first[1:] = gid[order][1:] != gid[order][:-1]
+        lab, gid = lab[order][first], gid[order][first]
+        if not len(lab):
+            return
+        ids, count = np.unique(lab, return_counts=True)
+        keep = count >= self.min_gaussians
+        px = np.bincount(np.asarray(labels).reshape(-1), minlength=int(ids.max()) + 1)
+        new_index = np.full(int(ids.max()) + 1, -1)
+        new_index[ids[keep]] = self._next_mask + np.arange(keep.sum())
+        sel = new_index[lab] >= 0
+        self._m_rows.append(new_index[lab[sel]].astype(np.int32))
+        self._m_cols.append(gid[sel].astype(np.int32))
+        self._frame_of.append(np.full(keep.sum(), f))
+        self._label_of.append(ids[keep])
+        self._pixels.append(px[ids[keep]])
+        self._next_mask += int(keep.sum())
+
+    def tracks(self, names) -> MaskTracks:
+        F, M, N = self._frames, self._next_mask, self.n
+        if len(names) != F:
+            raise ValueError(f"{len(names)} frame names for {F} views tracked")
+        cat = lambda parts, dtype=np.int64: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+        A = _bool_csr(cat(self._m_rows), cat(self._m_cols), (M, N))
+        frame_of = cat(self._frame_of)
+        U = (sp.csr_matrix((np.ones(M, np.float32), (frame_of, np.arange(M))), shape=(F, M)) @ A).tocsr()
+        U.data[:] = 1.0
+        W = _bool_csr(cat(self._w_rows), cat(self._w_cols), (F, N))
+        return MaskTracks(N, list(names), frame_of, cat(self._label_of), A, U, W, cat(self._pixels))
+
+
 def track_masks(contribs, names, label_maps, criterion: str | None = "transmittance", min_gaussians: int = 50,
                 boundary_px: int = 0) -> MaskTracks:
-    """The Gaussian set of every mask, from each view's composited pairs.
-
-    `contribs`: per view, `render.Contributions` with every composited pair (criterion
-    None), so that the same rasterization also feeds the feature cache; `label_maps`:
-    matching [H, W] int arrays (0 = no mask) or None for a view without masks. Pairs are
-    selected with `criterion` (None: `contribs` hold the selected pairs already, as
-    `Contributions.compact()` keeps them); pixels within `boundary_px` of a mask boundary are
-    ignored (`mask_interior`); masks with fewer than `min_gaussians` distinct Gaussians
-    are dropped (method.md: 50).
-    """
-    N = contribs[0].n_gaussians if contribs else 0
-    m_rows, m_cols, frame_of, label_of, pixels = [], [], [], [], []
-    w_rows, w_cols = [], []
-    next_mask = 0
-    for f, (c_all, labels) in enumerate(zip(contribs, label_maps)):
-        c = c_all if criterion is None else c_all.select(criterion)
-        vis = np.unique(c.gaussian.cpu().numpy())
-        w_rows.append(np.full(len(vis), f))
-        w_cols.append(vis)
-        if labels is not None:
-            sets = c.mask_gaussians(mask_interior(np.asarray(labels), boundary_px))
-            lab = sets.label.cpu().numpy()
-            gid = sets.gaussian.cpu().numpy()
-            order = np.lexsort((-sets.pixels.cpu().numpy(), gid))  # per Gaussian, most pixels first
-            first = np.ones(len(order), bool)
-            first[1:] = gid[order][1:] != gid[order][:-1]
-            lab, gid = lab[order][first], gid[order][first]
-            if len(lab):
-                ids, count = np.unique(lab, return_counts=True)
-                keep = count >= min_gaussians
-                px = np.bincount(np.asarray(labels).reshape(-1), minlength=int(ids.max()) + 1)
-                new_index = np.full(int(ids.max()) + 1, -1)
-                new_index[ids[keep]] = next_mask + np.arange(keep.sum())
-                sel = new_index[lab] >= 0
-                m_rows.append(new_index[lab[sel]])
-                m_cols.append(gid[sel])
-                frame_of.append(np.full(keep.sum(), f))
-                label_of.append(ids[keep])
-                pixels.append(px[ids[keep]])
-                next_mask += int(keep.sum())
-    F, M = len(contribs), next_mask
-    cat = lambda parts, dtype=np.int64: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
-    A = _bool_csr(cat(m_rows), cat(m_cols), (M, N))
-    frame_of_a = cat(frame_of)
-    U = (sp.csr_matrix((np.ones(M, np.float32), (frame_of_a, np.arange(M))), shape=(F, M)) @ A).tocsr()
-    U.data[:] = 1.0
-    W = _bool_csr(cat(w_rows), cat(w_cols), (F, N))
-    return MaskTracks(N, list(names), frame_of_a, cat(label_of), A, U, W, cat(pixels))
+    """The Gaussian set of every mask, from each view's composited pairs (`MaskTracker`,
+    all views at once): `contribs` and `label_maps` per view."""
+    tracker = MaskTracker(contribs[0].n_gaussians if contribs else 0, criterion, min_gaussians, boundary_px)
+    for c, labels in zip(contribs, label_maps):
+        tracker.add_view(c, labels)
+    return tracker.tracks(names)
