@@ -17,8 +17,9 @@ mIoU on Gaussians:
              + the same spread over the surface-continuity graph instead (propagate.py)
   + graph cuts
              + the spread labels refined by graph cuts on that graph (graphcut.py)
-  full       + instances that meet in the views on continuous, convex surface joined (seams.py;
-             the shipped pipeline)
+  + seams    + instances that meet in the views on continuous, convex surface joined (seams.py)
+  full       + touching instances of one material that the masks join now and then joined
+             (merge.join_alike; the shipped pipeline)
 
 All at the pipeline's working image size (pipeline.working_cameras).
 
@@ -40,13 +41,13 @@ from ..eval.metrics import hungarian_miou
 from .consensus import cluster_masks, view_consensus
 from .features import FeatureParams, train_features
 from .instances import assign_instances, background_instances, dominant_plane, on_support_plane
-from .merge import merge_labels, merge_parts
+from .merge import join_alike, merge_labels, merge_parts
 from .postprocess import coarse_instances, consistent_label_maps, vote_labels
 from .propagate import label_evidence, neighbour_graph, smooth_weight
 from .seams import ImageSeams, join_continuous
 from .tracker import track_masks
 
-VARIANTS = ("naive", "paper", "crossing", "+ plane", "+ merged", "+ spread (features)", "+ surface graph", "+ graph cuts", "full")
+VARIANTS = ("naive", "paper", "crossing", "+ plane", "+ merged", "+ spread (features)", "+ surface graph", "+ graph cuts", "+ seams", "full")
 FEATURE_VARIANTS = ("features: noisy 2D only", "features: 3D only", "features: 3D + filtered 2D",
                     "features: all three losses")
 
@@ -148,7 +149,10 @@ def ablate(scene, gt: np.ndarray, feature_iterations: int = 1000, losses: bool =
                                   features=feats.numpy(), masks=masks)
         labels = merge_labels(labels, tracks, means, eps, params.merge, surface=surface)
         out[name] = hungarian_miou(labels, gt).miou
-    out["full"] = hungarian_miou(join_continuous(labels, seams), gt).miou
+    labels = join_continuous(labels, seams)
+    out["+ seams"] = hungarian_miou(labels, gt).miou
+    out["full"] = hungarian_miou(join_alike(labels, tracks, means, eps, scene.splats.base_colors(), params.merge),
+                                 gt).miou
     if not losses:
         return out
     settings = {  # name: (2D labels, 2D weight, cross-view weight, 3D weight)

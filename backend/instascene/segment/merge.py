@@ -21,8 +21,10 @@ well into the body says they are one (practice 22 with 19 of its views: a 139-Ga
 piece of the bunny). Last, two instances that no view shows together — a toy's halves
 masked from opposite sides only — cannot be joined or separated by masks at all; when
 their surfaces run smoothly into each other (join_seams) they are one (seed 21: a duck
-in two halves). Background instances (table, floor, wall) never merge with
-objects. It runs on the coarse instances, so that the feature field and the final
+in two halves). On the final instances, parts that the masks join only now and then
+but that are made of one material (join_alike: a teddy's head and body, cut by SAM at
+the neck in most views) are one. Background instances (table, floor, wall) never merge
+with objects. It runs on the coarse instances, so that the feature field and the final
 labels treat the parts as one, and once more on the final instances, whose denser
 Gaussian sets let more views decide. Everything is products over the tracked masks:
 masks × instances, never Gaussians × masks.
@@ -50,6 +52,10 @@ class MergeParams:
     part_covered: float = 0.05  # part_agreement: a frame decides for a part when its masks cover this share of it
     part_reach: float = 0.5  # ... and joins it to a body its holding mask holds this many Gaussians of per part one
     seam: float = 0.02  # never seen together: one object when smooth-surface edges join them, per Gaussian of the smaller
+    alike_share: float = 0.1  # join_alike: masks join the two in at least this share of the deciding frames ...
+    alike_frames: int = 2  # ... and in at least this many frames ...
+    alike_colour: float | None = 0.6  # ... and their colours' chromaticity histograms overlap this much (None: off) ...
+    alike_contact: float = 0.15  # ... and this share of the smaller one's Gaussians lies within the contact radius of the other
 
 
 def _membership(instances: list[Instance], n: int) -> sp.csr_matrix:
@@ -140,18 +146,29 @@ def merge_parts(instances: list[Instance], t: MaskTracks, means: np.ndarray, is_
 
     `radius`: contact distance (the scene's DBSCAN radius). `parts`: judge each pair
     from its smaller instance's side (part_agreement) instead of frame_agreement."""
-    instances = list(instances)
-    is_bg = np.asarray(is_background, bool).copy()
-    touching = contact(instances, means, radius, p.neighbours)
-    while len(instances) > 1:
+    def judge(instances):
         joined, deciding = part_agreement(t, instances, p.part_covered, p.part_reach) if parts else \
             frame_agreement(t, instances, p.min_covered)
         share = np.where(deciding >= p.min_frames, joined / np.maximum(deciding, 1), 0.0)
-        ok = touching & ~is_bg[:, None] & ~is_bg[None, :] & (share > p.joined_fraction)
+        return share > p.joined_fraction, share
+
+    return _merge_greedy(instances, is_background, means, radius, p.neighbours, judge)
+
+
+def _merge_greedy(instances: list[Instance], is_background: np.ndarray, means: np.ndarray, radius: float,
+                  neighbours: int, judge) -> tuple[list[Instance], np.ndarray]:
+    """Merge touching object instances, the best-scored pair first, judging again after
+    every merge: `judge(instances)` gives ([K, K] may merge, [K, K] score)."""
+    instances = list(instances)
+    is_bg = np.asarray(is_background, bool).copy()
+    touching = contact(instances, means, radius, neighbours)
+    while len(instances) > 1:
+        may, score = judge(instances)
+        ok = touching & ~is_bg[:, None] & ~is_bg[None, :] & may
         np.fill_diagonal(ok, False)
         if not ok.any():
             break
-        i, j = np.unravel_index(np.argmax(np.where(ok, share, -1.0)), share.shape)
+        i, j = np.unravel_index(np.argmax(np.where(ok, score, -np.inf)), score.shape)
         i, j = min(i, j), max(i, j)
         instances[i] = Instance(np.union1d(instances[i].gaussians, instances[j].gaussians),
                                 np.union1d(instances[i].masks, instances[j].masks))
@@ -182,6 +199,74 @@ def merge_labels(labels: np.ndarray, t: MaskTracks, means: np.ndarray, radius: f
     for k, inst in enumerate(merged):
         out[inst.gaussians] = k
     return out if surface is None or surface[1] is None else join_seams(out, t, *surface, p)
+
+
+def chroma_overlap(labels: np.ndarray, colors: np.ndarray, bins: int = 10, dark: float = 0.15) -> np.ndarray:
+    """[K, K] histogram intersection (0..1) of the instances' chromaticities (r, g) /
+    (r + g + b): how alike their materials are whatever the shading, which scales all
+    three channels (a part in shadow, the side turned from the light). Gaussians darker
+    than `dark` (r + g + b) have no reliable hue and do not count."""
+    K = int(labels.max()) + 1 if len(labels) else 0
+    total = colors.sum(axis=1)
+    use = (labels >= 0) & (total > dark)
+    rg = colors[use, :2] / total[use, None]
+    cell = np.minimum((rg * bins).astype(int), bins - 1)
+    hist = np.bincount(labels[use] * bins * bins + cell[:, 0] * bins + cell[:, 1], minlength=K * bins * bins)
+    hist = hist.reshape(K, bins * bins).astype(np.float64)
+    hist /= np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
+    return np.minimum(hist[:, None, :], hist[None, :, :]).sum(axis=2)
+
+
+def contact_share(instances: list[Instance], means: np.ndarray, radius: float, pairs) -> np.ndarray:
+    """For each pair (i, j): the share of the smaller instance's Gaussians that lie within
+    `radius` of the other — how broad the seam between them is."""
+    out = np.zeros(len(pairs))
+    trees: dict[int, cKDTree] = {}
+    for n, (i, j) in enumerate(pairs):
+        small, large = (i, j) if len(instances[i].gaussians) <= len(instances[j].gaussians) else (j, i)
+        if large not in trees:
+            trees[large] = cKDTree(means[instances[large].gaussians])
+        dist, _ = trees[large].query(means[instances[small].gaussians], distance_upper_bound=radius)
+        out[n] = float(np.mean(dist <= radius))
+    return out
+
+
+def join_alike(labels: np.ndarray, t: MaskTracks, means: np.ndarray, radius: float, colors: np.ndarray,
+               p: MergeParams = MergeParams()) -> np.ndarray:
+    """Touching instances that the masks join now and then (at least `p.alike_frames`
+    frames, `p.alike_share` of those that decide), that are made of the same material
+    (`chroma_overlap` ≥ `p.alike_colour`) and that meet along a broad seam
+    (`contact_share` ≥ `p.alike_contact`) are one object. SAM cuts an object at a crease
+    or a shading edge — a teddy's head from its body — in most views, and such parts meet
+    in a concave crease just as two objects do (seams.py); no one of these cues tells
+    them from two touching objects (those are masked together now and then too, up to
+    6 frames of 15 when one stands on the other; many are of one colour; a small one
+    resting on a large one is a broad cap of contact), all three together do on the
+    scenes measured (docs/benchmarks.md)."""
+    K = int(labels.max()) + 1 if len(labels) else 0
+    if K < 2 or p.alike_colour is None:
+        return labels
+    instances = [Instance(np.flatnonzero(labels == k), np.zeros(0, int)) for k in range(K)]
+
+    def judge(instances):
+        joined, deciding = frame_agreement(t, instances, p.min_covered)
+        share = joined / np.maximum(deciding, 1)
+        sub = np.full(len(labels), -1)
+        for k, inst in enumerate(instances):
+            sub[inst.gaussians] = k
+        may = (joined >= p.alike_frames) & (share >= p.alike_share) & (chroma_overlap(sub, colors) >= p.alike_colour)
+        pairs = np.argwhere(np.triu(may, 1))
+        may[:] = False
+        if len(pairs):
+            broad = pairs[contact_share(instances, means, radius, pairs) >= p.alike_contact]
+            may[broad[:, 0], broad[:, 1]] = may[broad[:, 1], broad[:, 0]] = True
+        return may, share
+
+    merged, _ = _merge_greedy(instances, np.zeros(K, bool), means, radius, p.neighbours, judge)
+    out = np.full(len(labels), -1, dtype=labels.dtype)
+    for k, inst in enumerate(merged):
+        out[inst.gaussians] = k
+    return out
 
 
 def join_seams(labels: np.ndarray, t: MaskTracks, surface: sp.csr_matrix, smooth: float,

@@ -6,7 +6,8 @@
      parts of one object merged                    merge.py)
   4. contrastive feature field                    (features.py)
   5. instances: evidence spread over the Gaussians (instances.py, propagate.py),
-     parts that meet on continuous, convex surface (seams.py)
+     parts that meet on continuous, convex surface (seams.py), parts
+     the masks join now and then that are made of the same material (merge.py)
   6. the run folder (contracts.md), every file whole or not at all
 """
 
@@ -26,7 +27,7 @@ from ..io.scene import load_scene
 from .consensus import ConsensusParams, cluster_masks, view_consensus
 from .features import FeatureParams, train_features
 from .instances import InstanceParams, assign_instances, background_instances, dominant_plane, on_support_plane
-from .merge import MergeParams, merge_labels, merge_parts
+from .merge import MergeParams, join_alike, merge_labels, merge_parts
 from .postprocess import PostParams, coarse_instances, consistent_label_maps, vote_labels
 from .propagate import label_evidence, neighbour_graph, smooth_weight
 from .seams import ImageSeams, SeamParams, join_continuous
@@ -176,6 +177,7 @@ def _segment(scene, splats, cams, views, g, label_maps, pairs, run, params, st) 
     if seams is not None:
         labels = join_continuous(labels, seams)
     del seams
+    labels = join_alike(labels, tracks, means, eps, splats.base_colors(), params.merge)
     st.end()
 
     st.start("write")
