@@ -1,9 +1,9 @@
 """Each view's composited pairs kept on disk, so that memory does not grow with views.
 
 The segmentation reads every view's blending weights three times: for the masks'
-Gaussian sets (one crossing pair per pixel, small, kept in memory), for the label
-evidence (one pass) and for the feature field (a few thousand sampled pixels of one or
-a few views per step). Holding every view's pairs in memory cost ~48 bytes a pair
+Gaussian sets (one crossing pair per pixel, tracked as the view is rasterized), for the
+label evidence (one pass) and for the feature field (a few thousand sampled pixels of
+one or a few views per step). Holding every view's pairs in memory cost ~48 bytes a pair
 (int64 indices, a CSR matrix and its transpose): 4.3 GB for 48 views at 640×480. Here
 each view is written once — its CSR rows in pixel order and the same pairs in Gaussian
 order (int32 index, float32 weight: 16 bytes a pair, ~25 MB for a 256×192 view) — and

@@ -240,7 +240,7 @@ def join_alike(labels: np.ndarray, t: MaskTracks, means: np.ndarray, radius: flo
     or a shading edge — a teddy's head from its body — in most views, and such parts meet
     in a concave crease just as two objects do (seams.py); no one of these cues tells
     them from two touching objects (those are masked together now and then too, up to
-    6 frames of 15 when one stands on the other; many are of one colour; a small one
+    8 frames of 17 when one stands on the other; many are of one colour; a small one
     resting on a large one is a broad cap of contact), all three together do on the
     scenes measured (docs/benchmarks.md)."""
     K = int(labels.max()) + 1 if len(labels) else 0
