@@ -68,6 +68,30 @@ def _membership(instances: list[Instance], n: int) -> sp.csr_matrix:
     return m
 
 
+def instances_of(labels: np.ndarray) -> list[Instance]:
+    """Per-Gaussian object labels (-1 = background, objects 0..K-1) as Instances."""
+    K = int(labels.max()) + 1 if len(labels) else 0
+    return [Instance(np.flatnonzero(labels == k), np.zeros(0, int)) for k in range(K)]
+
+
+def labels_of(instances: list[Instance], n: int, dtype=np.int64) -> np.ndarray:
+    """The inverse of instances_of: [n] labels, -1 where no instance holds a Gaussian."""
+    out = np.full(n, -1, dtype=dtype)
+    for k, inst in enumerate(instances):
+        out[inst.gaussians] = k
+    return out
+
+
+def join_pairs(labels: np.ndarray, join: np.ndarray) -> np.ndarray:
+    """Object labels with every pair (i, j) where the [K, K] bool `join` holds in one
+    instance (connected components), renumbered 0..K'-1; background (-1) stays."""
+    if not join.any():
+        return labels
+    _, comp = connected_components(sp.csr_matrix(join.astype(np.float64)), directed=False)
+    _, index = np.unique(comp, return_inverse=True)
+    return np.where(labels >= 0, index[np.maximum(labels, 0)], -1)
+
+
 def _coverage(t: MaskTracks, instances: list[Instance], min_covered: float):
     """What each frame's masks cover of each instance: C [M, K] Gaussians of instance k in
     mask m (small), per_frame [F, M] mask-to-frame indicator, covered [F, K], sizes [K],
@@ -192,12 +216,9 @@ def merge_labels(labels: np.ndarray, t: MaskTracks, means: np.ndarray, radius: f
     K = int(labels.max()) + 1 if len(labels) else 0
     if K < 2:
         return labels
-    instances = [Instance(np.flatnonzero(labels == k), np.zeros(0, int)) for k in range(K)]
-    merged, flags = merge_parts(instances, t, means, np.zeros(K, bool), radius, p)
+    merged, flags = merge_parts(instances_of(labels), t, means, np.zeros(K, bool), radius, p)
     merged, _ = merge_parts(merged, t, means, flags, radius, p, parts=True)
-    out = np.full(len(labels), -1, dtype=labels.dtype)
-    for k, inst in enumerate(merged):
-        out[inst.gaussians] = k
+    out = labels_of(merged, len(labels), labels.dtype)
     return out if surface is None or surface[1] is None else join_seams(out, t, *surface, p)
 
 
@@ -246,15 +267,12 @@ def join_alike(labels: np.ndarray, t: MaskTracks, means: np.ndarray, radius: flo
     K = int(labels.max()) + 1 if len(labels) else 0
     if K < 2 or p.alike_colour is None:
         return labels
-    instances = [Instance(np.flatnonzero(labels == k), np.zeros(0, int)) for k in range(K)]
 
     def judge(instances):
         joined, deciding = frame_agreement(t, instances, p.min_covered)
         share = joined / np.maximum(deciding, 1)
-        sub = np.full(len(labels), -1)
-        for k, inst in enumerate(instances):
-            sub[inst.gaussians] = k
-        may = (joined >= p.alike_frames) & (share >= p.alike_share) & (chroma_overlap(sub, colors) >= p.alike_colour)
+        alike = chroma_overlap(labels_of(instances, len(labels)), colors)
+        may = (joined >= p.alike_frames) & (share >= p.alike_share) & (alike >= p.alike_colour)
         pairs = np.argwhere(np.triu(may, 1))
         may[:] = False
         if len(pairs):
@@ -262,11 +280,8 @@ def join_alike(labels: np.ndarray, t: MaskTracks, means: np.ndarray, radius: flo
             may[broad[:, 0], broad[:, 1]] = may[broad[:, 1], broad[:, 0]] = True
         return may, share
 
-    merged, _ = _merge_greedy(instances, np.zeros(K, bool), means, radius, p.neighbours, judge)
-    out = np.full(len(labels), -1, dtype=labels.dtype)
-    for k, inst in enumerate(merged):
-        out[inst.gaussians] = k
-    return out
+    merged, _ = _merge_greedy(instances_of(labels), np.zeros(K, bool), means, radius, p.neighbours, judge)
+    return labels_of(merged, len(labels), labels.dtype)
 
 
 def join_seams(labels: np.ndarray, t: MaskTracks, surface: sp.csr_matrix, smooth: float,
@@ -279,8 +294,7 @@ def join_seams(labels: np.ndarray, t: MaskTracks, surface: sp.csr_matrix, smooth
     K = int(labels.max()) + 1 if len(labels) else 0
     if K < 2:
         return labels
-    instances = [Instance(np.flatnonzero(labels == k), np.zeros(0, int)) for k in range(K)]
-    _, _, covered, sizes, _ = _coverage(t, instances, p.min_covered)
+    _, _, covered, sizes, _ = _coverage(t, instances_of(labels), p.min_covered)
     seen = (covered >= p.min_covered * sizes[None, :]).astype(np.float64)  # [F, K]
     together = seen.T @ seen
     e = sp.triu(surface, k=1).tocoo()
@@ -289,9 +303,5 @@ def join_seams(labels: np.ndarray, t: MaskTracks, surface: sp.csr_matrix, smooth
     seam = np.zeros((K, K))
     np.add.at(seam, (a[keep], b[keep]), 1.0)
     seam += seam.T
-    join = (together == 0) & (seam > 0) & (seam >= p.seam * np.minimum(sizes[:, None], sizes[None, :]))
-    if not join.any():
-        return labels
-    _, comp = connected_components(sp.csr_matrix(join.astype(np.float64)), directed=False)
-    _, index = np.unique(comp, return_inverse=True)
-    return np.where(labels >= 0, index[np.maximum(labels, 0)], -1)
+    smaller = np.minimum(sizes[:, None], sizes[None, :])
+    return join_pairs(labels, (together == 0) & (seam > 0) & (seam >= p.seam * smaller))

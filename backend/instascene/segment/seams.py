@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
+
+from .merge import join_pairs
 
 
 @dataclass
@@ -100,9 +101,4 @@ def join_continuous(labels: np.ndarray, seams: ImageSeams) -> np.ndarray:
         return labels
     p = seams.p
     boundary, apart = seams.between(labels)
-    join = (boundary >= p.min_pixels) & (apart < p.max_apart * boundary)
-    if not join.any():
-        return labels
-    _, comp = connected_components(sp.csr_matrix(join.astype(np.float64)), directed=False)
-    _, index = np.unique(comp, return_inverse=True)
-    return np.where(labels >= 0, index[np.maximum(labels, 0)], -1)
+    return join_pairs(labels, (boundary >= p.min_pixels) & (apart < p.max_apart * boundary))
